@@ -1,0 +1,145 @@
+# Wan 2.1 DiT pretraining toolkit.
+#   make            build every program (CUDA backend when nvcc is found)
+#   make CUDA=0     CPU-only build for machines without the CUDA toolkit
+#   make test       build and run the test suite (ends with "N passed, M failed")
+#   make demo       run the whole chain on the embedded tiny default (CPU)
+#   make deps       install the Debian packages the build and tests need
+#   make test-gpu   CUDA ops against their CPU twins (needs a GPU)
+#   make bench-gpu  GPU throughput benchmark (needs a GPU)
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
+ifeq ($(origin CUDA),undefined)
+  CUDA := $(if $(NVCC),1,0)
+endif
+
+VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+GIT_REV := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+CC := gcc
+PKGS := libconfig libzstd libxxhash jansson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(or $(shell pkg-config --libs $(PKGS) 2>/dev/null),-lconfig -lzstd -lxxhash -ljansson)
+# Debian's OpenMP build of OpenBLAS: its threads cooperate with ours instead of oversubscribing.
+OPENBLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+
+CPPFLAGS := -Ilib -D_GNU_SOURCE -DWAN_VERSION='"$(VERSION)"' -DWAN_GIT_REV='"$(GIT_REV)"' $(PKG_CFLAGS)
+CFLAGS := -std=c17 -O2 -g -Wall -Wextra -Werror -fopenmp -MMD -MP
+LDFLAGS := -fopenmp -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR)
+LDLIBS := $(PKG_LIBS) -lopenblas -lpmi2 -lpthread -lrt -lm
+
+BUILD := build
+LIB_SRC := $(wildcard lib/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+
+# CUDA: .cu kernels (nvcc) and host-only C files that call CUDA libraries (gcc).
+ifeq ($(CUDA),1)
+  CUDA_CU := $(wildcard lib/cuda/*.cu)
+  CUDA_C := $(wildcard lib/cuda/*.c)
+  CUDA_OBJ := $(CUDA_CU:%.cu=$(BUILD)/%.o) $(CUDA_C:%.c=$(BUILD)/%.o)
+  CPPFLAGS += -DWAN_CUDA=1 -I$(CUDA_HOME)/include
+  # Dynamic cudart/cuBLAS/cuDNN/NCCL; never the libcuda driver stub, so binaries start without a driver.
+  LDFLAGS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
+  LDLIBS += -lnccl -lcudnn -lcublasLt -lcublas -lcudart -lstdc++
+  NVCC_ARCH := -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_100a,code=sm_100a \
+               -gencode arch=compute_90,code=compute_90
+  NVCCFLAGS := -std=c++17 -O3 -g -lineinfo $(NVCC_ARCH) -Ilib -DWAN_CUDA=1 \
+               -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror -MMD -MP
+else
+  CUDA_OBJ := $(BUILD)/lib/nocuda/backend_nocuda.o
+endif
+
+PROGRAMS := bin/wan-preprocess bin/wan-train bin/wan-reshard bin/wan-report bin/wan-eval
+LIBWAN := $(BUILD)/libwan.a
+
+TEST_SRC := $(wildcard tests/unit/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TEST_TOOL_SRC := $(wildcard tests/tools/*.c)
+TEST_TOOL_BIN := $(TEST_TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+
+.PHONY: all deps test test-unit test-gpu bench-gpu demo demo-slurm clean tests bench-bins
+all: $(PROGRAMS)
+
+$(LIBWAN): $(LIB_OBJ) $(CUDA_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+bin/wan-preprocess: $(BUILD)/preprocess/main.o $(LIBWAN)
+bin/wan-train: $(BUILD)/train/main.o $(LIBWAN)
+bin/wan-reshard: $(BUILD)/ckpt/main.o $(LIBWAN)
+bin/wan-report: $(BUILD)/eval/report_main.o $(LIBWAN)
+bin/wan-eval: $(BUILD)/eval/eval_main.o $(LIBWAN)
+$(PROGRAMS):
+	@mkdir -p bin
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIBWAN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(LIBWAN) -o $@ $(LDLIBS)
+
+$(BUILD)/tests/tools/%: tests/tools/%.c $(LIBWAN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(LIBWAN) -o $@ $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(LIBWAN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) $< $(LIBWAN) -o $@ $(LDLIBS)
+
+tests: $(PROGRAMS) $(TEST_BIN) $(TEST_TOOL_BIN)
+bench-bins: $(PROGRAMS) $(BENCH_BIN)
+
+# Debian packages for the build, the tests (PyTorch reference, local Slurm cluster) and the demo.
+DEB_PKGS := gcc make pkg-config libconfig-dev libzstd-dev zstd libxxhash-dev libjansson-dev \
+  libopenblas-openmp-dev libpmi2-0-dev slurmctld slurmd slurm-client munge \
+  python3 python3-torch python3-numpy
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	    grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	cmd="apt-get update && apt-get install -y --no-install-recommends $$(echo $$missing)"; \
+	if [ "$$(id -u)" = 0 ]; then echo "make deps: installing $$(echo $$missing)" >&2; \
+	  DEBIAN_FRONTEND=noninteractive sh -c "$$cmd" >&2 || { echo "make deps: failed: $$cmd" >&2; exit 1; }; \
+	else echo "make deps: missing Debian packages; run as root:" >&2; echo "  $$cmd" >&2; exit 1; fi
+
+# TESTS=pattern runs a subset; the last line is "N passed, M failed".
+# test and demo install missing packages first (tools/deps.sh), then build in a fresh make
+# so that pkg-config sees what was just installed.
+test:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory tests
+	@tests/run.sh $(TESTS)
+
+test-gpu:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory tests
+	@tests/gpu/run.sh
+
+bench-gpu:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory bench-bins
+	@bench/gpu.sh
+
+demo:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory all
+	@slurm/demo.sh
+
+demo-slurm:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory all
+	@slurm/demo.sh --slurm
+
+clean:
+	rm -rf $(BUILD) bin
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
