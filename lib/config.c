@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <jansson.h>
 #include <libconfig.h>
 #include <limits.h>
 #include <math.h>
@@ -715,4 +716,39 @@ void wan_config_print_schema(FILE *f) {
         fprintf(f, "  %-30s %s%s, default %s\n      %s\n", d->path, type_name(d->type), extra,
                 d->def[0] ? d->def : "\"\"", d->help);
     }
+}
+
+json_t *wan_config_to_json(const wan_config *cfg) {
+    json_t *root = json_object();
+    for (int k = 0; k < NKEYS; k++) {
+        char tmp[256];
+        snprintf(tmp, sizeof tmp, "%s", keys[k].path);
+        json_t *obj = root;
+        char *save = NULL, *part = strtok_r(tmp, ".", &save), *next;
+        while ((next = strtok_r(NULL, ".", &save))) {
+            json_t *child = json_object_get(obj, part);
+            if (!child) {
+                child = json_object();
+                json_object_set_new(obj, part, child);
+            }
+            obj = child;
+            part = next;
+        }
+        const void *v = cfield(cfg, k);
+        json_t *val = NULL;
+        switch (keys[k].type) {
+        case K_INT: val = json_integer(*(const int *)v); break;
+        case K_INT64: val = json_integer(*(const int64_t *)v); break;
+        case K_BOOL: val = json_boolean(*(const bool *)v); break;
+        case K_FLOAT: val = json_real(*(const double *)v); break;
+        case K_STRING: val = json_string((const char *)v); break;
+        case K_INT3: {
+            const int *a = v;
+            val = json_pack("[iii]", a[0], a[1], a[2]);
+            break;
+        }
+        }
+        json_object_set_new(obj, part, val);
+    }
+    return root;
 }

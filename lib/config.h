@@ -101,6 +101,11 @@ char *wan_config_to_string(const wan_config *cfg); /* malloc'd */
 /* Load from a string written by wan_config_write (e.g. from a checkpoint's metadata). */
 int wan_config_load_string(wan_config *cfg, const char *text, const char *what);
 
+/* The resolved configuration as a JSON object (a jansson json_t *, new reference):
+ * {"model": {"dim": 64, ...}, "train": {"optimizer": {...}, ...}, ...} */
+struct json_t;
+struct json_t *wan_config_to_json(const wan_config *cfg);
+
 /* Derived facts. */
 int64_t wan_config_tokens_per_sample(const wan_config *cfg); /* 0 when data-driven */
 int wan_config_head_dim(const wan_model_cfg *m);
