@@ -1,8 +1,325 @@
+/* The training job: bootstrap, configuration, backend and transport, model, optimizer, data,
+ * then steps of gradient accumulation, with step logs, evaluation, checkpoints and
+ * preemption handling. */
 #include "trainer.h"
 
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bootstrap.h"
+#include "dataset.h"
+#include "dist.h"
 #include "error.h"
+#include "evaluate.h"
+#include "flow.h"
+#include "fsutil.h"
+#include "log.h"
+#include "model.h"
+#include "optim.h"
+#include "steplog.h"
+#include "train_state.h"
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) {
+    /* finish the step, save, exit for requeue; a second signal changes nothing */
+    if (!stop_signal) stop_signal = sig;
+}
+
+static void install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+typedef struct {
+    wan_config cfg;
+    wan_bootstrap boot;
+    wan_backend *be;
+    wan_comm *comm;
+    wan_dist dist;
+    wan_model model;
+    wan_optim opt;
+    wan_dataset *ds, *eval_ds;
+    wan_loader *loader;
+    wan_steplog log;
+    wan_flow_preset flow;
+    char ckpt_root[WAN_PATH_MAX];
+    float *stop_flag; /* backend scalar for agreeing on a stop */
+} job;
+
+static int world_max(job *j, float *v) {
+    wan_backend *be = j->be;
+    be->upload(be, j->stop_flag, v, sizeof *v);
+    WAN_TRY(wan_allreduce(&j->comm->world, j->stop_flag, 1, WAN_F32, WAN_RED_MAX));
+    be->download(be, v, j->stop_flag, sizeof *v);
+    return 0;
+}
+
+static int setup(job *j, const wan_train_opts *opts) {
+    wan_config *cfg = &j->cfg;
+    /* validate before starting ranks: a bad config fails once, with exit 2 */
+    int expect_world = opts->nproc > 1 ? opts->nproc : 0;
+    const char *nt = getenv("SLURM_NTASKS");
+    if (getenv("PMI_FD") && nt) expect_world = atoi(nt);
+    WAN_TRY(wan_cli_load_config(opts->config, cfg, expect_world));
+    if (cfg->parallel.fsdp)
+        return wan_fail(WAN_ERR_USAGE, "parallel.fsdp = true: fully sharded parameters are not implemented; the "
+                                       "optimizer state is always sharded over data-parallel ranks (ZeRO-1)");
+    if (wan_flow_preset_get(cfg->train.objective, &j->flow))
+        return wan_fail(WAN_ERR_USAGE, "train.objective = %s: unknown", cfg->train.objective);
+
+    WAN_TRY(wan_bootstrap_init(&j->boot, opts->nproc));
+    wan_log_set_rank(j->boot.size > 1 ? j->boot.rank : -1);
+    WAN_TRY(wan_config_validate(cfg, j->boot.size));
+
+    if (!strcmp(cfg->train.device, "cuda")) {
+        WAN_TRY(wan_backend_cuda(j->boot.local_rank, &j->be));
+    } else {
+        int threads = cfg->train.threads;
+        if (threads <= 0) {
+            long cores = sysconf(_SC_NPROCESSORS_ONLN);
+            threads = (int)(cores / (j->boot.local_size > 0 ? j->boot.local_size : 1));
+            if (threads < 1) threads = 1;
+        }
+        j->be = wan_backend_cpu(threads);
+    }
+    if (!strcmp(cfg->train.device, "cuda"))
+        WAN_TRY(wan_comm_nccl_create(&j->boot, j->boot.local_rank, cfg->train.comm_timeout, NULL, &j->comm));
+    else WAN_TRY(wan_comm_shm_create(&j->boot, cfg->train.comm_timeout, &j->comm));
+    WAN_TRY(wan_dist_init(&j->dist, j->comm, &cfg->parallel));
+    j->stop_flag = j->be->alloc(j->be, sizeof(float));
+    if (j->boot.rank == 0)
+        wan_info("world %d = tp %d x cp %d x dp %d x pp %d%s; backend %s", j->dist.world, j->dist.tp, j->dist.cp,
+                 j->dist.dp, j->dist.pp, j->dist.sp ? " (sequence parallel)" : "", j->be->device_name);
+
+    WAN_TRY(wan_model_create(&j->model, &cfg->model, j->be, &j->dist, cfg->train.recompute));
+    float *init = malloc((size_t)j->model.ps.total * sizeof(float));
+    if (!init) return wan_fail(WAN_ERR_RUNTIME, "out of host memory for the initial weights");
+    wan_params_init_host(&j->model.ps, (uint64_t)cfg->train.seed, init);
+    wan_model_set_params(&j->model, init);
+    free(init);
+    WAN_TRY(wan_optim_create(&j->opt, &j->model, &cfg->train));
+
+    if (cfg->train.ckpt_dir[0]) snprintf(j->ckpt_root, sizeof j->ckpt_root, "%s", cfg->train.ckpt_dir);
+    else snprintf(j->ckpt_root, sizeof j->ckpt_root, "%.900s/checkpoints", cfg->train.run_dir);
+    if (cfg->data.path[0]) WAN_TRY(wan_dataset_open(cfg->data.path, &j->ds));
+    if (cfg->eval.interval > 0 && cfg->eval.path[0]) WAN_TRY(wan_dataset_open(cfg->eval.path, &j->eval_ds));
+    return 0;
+}
+
+static int make_loader(job *j, wan_loader_state start) {
+    wan_config *cfg = &j->cfg;
+    wan_loader_opts lo;
+    memset(&lo, 0, sizeof lo);
+    lo.ds = j->ds;
+    lo.synthetic_samples = cfg->data.synthetic_samples;
+    lo.synth_shape[0] = cfg->model.in_dim;
+    for (int i = 0; i < 3; i++) lo.synth_shape[1 + i] = cfg->train.latent_shape[i];
+    lo.gbs = cfg->train.gbs;
+    lo.mbs = cfg->train.mbs;
+    lo.dp = j->dist.dp;
+    lo.dp_rank = j->dist.dp_rank;
+    lo.text_len = cfg->model.text_len;
+    lo.text_dim = cfg->model.text_dim;
+    lo.prefetch = cfg->data.prefetch;
+    lo.verify = cfg->data.verify;
+    lo.skip_corrupt = !strcmp(cfg->data.on_corrupt, "skip");
+    lo.start = start;
+    return wan_loader_create(&lo, &j->loader);
+}
+
+/* One optimizer step: gbs / (mbs * dp) micro-batches on this rank. Returns the step's loss
+ * (mean over the global batch of the weighted per-sample mean squared errors). */
+static int train_step(job *j, int step, double *loss, int *seq_len) {
+    wan_config *cfg = &j->cfg;
+    wan_dist *d = &j->dist;
+    int nmicro = cfg->train.gbs / (cfg->train.mbs * d->dp);
+    double local = 0;
+    float *noise = NULL, *sigma = NULL, *coef = NULL;
+    double *sq = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    for (int mi = 0; mi < nmicro && !rc; mi++) {
+        wan_microbatch mb;
+        rc = wan_loader_next(j->loader, &mb);
+        if (rc) break;
+        size_t lat = (size_t)mb.C * mb.F * mb.H * mb.W;
+        if (lat * mb.B > cap) {
+            free(noise);
+            noise = malloc(lat * mb.B * sizeof(float));
+            cap = lat * mb.B;
+        }
+        free(sigma);
+        free(coef);
+        free(sq);
+        sigma = malloc((size_t)mb.B * sizeof(float));
+        coef = malloc((size_t)mb.B * sizeof(float));
+        sq = malloc((size_t)mb.B * sizeof(double));
+        double *w = malloc((size_t)mb.B * sizeof(double));
+        for (int b = 0; b < mb.B; b++) {
+            uint32_t gi = (uint32_t)mb.global_index[b];
+            double sg = wan_flow_sigma(&j->flow, (uint64_t)cfg->train.seed, (uint32_t)step, gi);
+            sigma[b] = (float)sg;
+            w[b] = wan_flow_weight(&j->flow, sg);
+            coef[b] = (float)(w[b] / ((double)cfg->train.gbs * (double)lat));
+            wan_flow_noise((uint64_t)cfg->train.seed, (uint32_t)step, gi, noise + b * lat, lat);
+        }
+        wan_model_input in = {mb.B, mb.C, mb.F, mb.H, mb.W, mb.latent, noise, sigma, mb.text, coef};
+        rc = wan_model_forward(&j->model, &in, sq, NULL);
+        if (!rc) rc = wan_model_backward(&j->model);
+        for (int b = 0; b < mb.B && !rc; b++) local += w[b] * sq[b] / ((double)cfg->train.gbs * (double)lat);
+        *seq_len = j->model.sh.S;
+        free(w);
+    }
+    free(noise);
+    free(sigma);
+    free(coef);
+    free(sq);
+    if (rc) return rc;
+    WAN_TRY(wan_model_reduce_tp_grads(&j->model));
+    /* the loss: partial over dp x cp (and tp with sp); tp ranks without sp hold copies */
+    wan_backend *be = j->be;
+    float pair[2] = {(float)local, 0};
+    pair[1] = (float)(local - (double)pair[0]);
+    if (!(d->sp || d->tp_rank == 0)) pair[0] = pair[1] = 0;
+    float *buf = be->alloc(be, sizeof pair);
+    be->upload(be, buf, pair, sizeof pair);
+    rc = wan_allreduce(&j->comm->world, buf, 2, WAN_F32, WAN_RED_SUM);
+    be->download(be, pair, buf, sizeof pair);
+    be->free(be, buf);
+    *loss = (double)pair[0] + (double)pair[1];
+    return rc;
+}
+
+static int evaluate(job *j, int step) {
+    wan_val_opts vo;
+    memset(&vo, 0, sizeof vo);
+    wan_val_default_sigmas(&vo);
+    vo.ds = j->eval_ds;
+    vo.seed = (uint64_t)j->cfg.train.seed ^ 0x5eedULL;
+    vo.max_samples = j->cfg.eval.max_samples ? j->cfg.eval.max_samples : 8;
+    vo.synth_shape[0] = j->cfg.model.in_dim;
+    for (int i = 0; i < 3; i++) vo.synth_shape[1 + i] = j->cfg.train.latent_shape[i];
+    wan_val_result r;
+    WAN_TRY(wan_validate(&j->model, &vo, &r));
+    if (j->boot.rank == 0) {
+        wan_info("step %d: validation loss %.6f (sigma 0.1..0.9: %.4f %.4f %.4f %.4f %.4f) over %d samples", step, r.mean,
+                 r.loss[0], r.loss[1], r.loss[2], r.loss[3], r.loss[4], r.samples);
+        WAN_TRY(wan_steplog_eval(&j->log, step, r.mean, r.sigmas, r.loss, r.nsig, r.samples));
+    }
+    return 0;
+}
+
+static int run(job *j, const wan_train_opts *opts) {
+    wan_config *cfg = &j->cfg;
+    int start_step = 0;
+    wan_loader_state ds = {(uint64_t)cfg->train.seed, 0, 0};
+    const char *from = opts->init_from;
+    char latest[WAN_PATH_MAX];
+    if (opts->resume && !from) {
+        if (wan_ckpt_latest(j->ckpt_root, latest, sizeof latest) == 0) from = latest;
+        else if (j->boot.rank == 0) wan_info("no checkpoint in %s: starting from scratch", j->ckpt_root);
+        wan_error_clear();
+    }
+    if (from) {
+        WAN_TRY(wan_state_load(&j->model, &j->opt, from, &start_step, &ds));
+        if (ds.seed != (uint64_t)cfg->train.seed) {
+            /* a weights-only start (imported model) has no data position */
+            ds = (wan_loader_state){(uint64_t)cfg->train.seed, 0, 0};
+        }
+    }
+    WAN_TRY(make_loader(j, ds));
+
+    if (j->boot.rank == 0) {
+        WAN_TRY(wan_mkdir_p(cfg->train.run_dir));
+        char path[WAN_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/config.cfg", cfg->train.run_dir);
+        char *text = wan_config_to_string(cfg);
+        int rc = wan_write_file_atomic(path, text, strlen(text));
+        free(text);
+        WAN_TRY(rc);
+        WAN_TRY(wan_steplog_open(&j->log, cfg->train.run_dir, cfg, j->dist.world, j->be->device_name, start_step));
+        fprintf(stderr, "resolved configuration:\n");
+        wan_config_write(cfg, stderr);
+    }
+    install_signals();
+    int64_t tokens_per_sample = 0;
+    bool stopped = false, saved_last = false;
+    for (int step = start_step + 1; step <= cfg->train.steps; step++) {
+        double t0 = wan_now(), loss = 0, gnorm = 0, lr = 0;
+        int seq = 0;
+        WAN_TRY(train_step(j, step, &loss, &seq));
+        WAN_TRY(wan_optim_step(&j->opt, &gnorm, &lr));
+        tokens_per_sample = seq;
+        /* agree on a stop request (a signal may reach ranks at different moments) */
+        float stop = stop_signal ? 1.0f : 0.0f;
+        WAN_TRY(world_max(j, &stop));
+        stopped = stop > 0;
+        bool save = stopped || step == cfg->train.steps ||
+                    (cfg->train.ckpt_interval > 0 && step % cfg->train.ckpt_interval == 0);
+        bool eval = cfg->eval.interval > 0 && step % cfg->eval.interval == 0;
+        if (eval) WAN_TRY(evaluate(j, step));
+        if (save) {
+            WAN_TRY(wan_state_save(&j->model, &j->opt, cfg, step, wan_loader_get_state(j->loader), j->ckpt_root));
+            saved_last = true;
+        }
+        double dt = wan_now() - t0;
+        if (j->boot.rank == 0) {
+            wan_step_record r = {step,
+                                 dt,
+                                 loss,
+                                 gnorm,
+                                 lr,
+                                 cfg->train.gbs,
+                                 (long long)cfg->train.gbs * tokens_per_sample,
+                                 (int)tokens_per_sample,
+                                 j->dist.world,
+                                 j->dist.dp,
+                                 save,
+                                 eval,
+                                 (long long)j->be->mem_peak,
+                                 (long long)wan_loader_get_state(j->loader).epoch};
+            WAN_TRY(wan_steplog_step(&j->log, cfg, j->be->device_name, &r));
+            if (step % cfg->train.log_interval == 0 || step == cfg->train.steps || stopped)
+                wan_info("step %d/%d loss %.6f grad_norm %.4f lr %.3g %.3fs %.0f tokens/s%s", step, cfg->train.steps, loss,
+                         gnorm, lr, dt, (double)r.tokens / dt, save ? " (checkpoint)" : "");
+        }
+        if (stopped) {
+            if (j->boot.rank == 0)
+                wan_info("stopped by signal after step %d: checkpoint saved, exit %d to requeue", step, WAN_EXIT_REQUEUE);
+            break;
+        }
+    }
+    (void)saved_last;
+    return stopped ? WAN_EXIT_REQUEUE : 0;
+}
+
+static void teardown(job *j) {
+    if (j->loader) wan_loader_destroy(j->loader);
+    if (j->opt.m) wan_optim_destroy(&j->opt);
+    if (j->model.be) wan_model_destroy(&j->model);
+    if (j->be && j->stop_flag) j->be->free(j->be, j->stop_flag);
+    if (j->comm) j->comm->ops->destroy(j->comm);
+    if (j->ds) wan_dataset_close(j->ds);
+    if (j->eval_ds) wan_dataset_close(j->eval_ds);
+    wan_steplog_close(&j->log);
+    if (j->be) wan_backend_destroy(j->be);
+    wan_bootstrap_finalize(&j->boot);
+}
 
 int wan_train_main(const wan_train_opts *opts) {
-    (void)opts;
-    return wan_fail(WAN_ERR_RUNTIME, "training is not implemented yet");
+    job *j = calloc(1, sizeof *j);
+    int rc = setup(j, opts);
+    if (!rc) rc = run(j, opts);
+    teardown(j);
+    free(j);
+    return rc;
 }

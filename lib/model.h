@@ -1,0 +1,112 @@
+/* The Wan 2.1 text-to-video DiT, written once over the op interface (ops.h) and the process
+ * grid (dist.h): the same code runs on CPU and CUDA, on one rank or with tensor (+ sequence)
+ * and context parallelism. One forward and one backward function per layer.
+ *
+ * Tokens: a micro-batch of B latents [B, C, F, H, W] has S = F/pt * H/ph * W/pw tokens per
+ * sample in (f, h, w) order. S is padded to S_pad, a multiple of cp * (sp ? tp : 1); context
+ * parallelism gives each cp rank S_cp = S_pad / cp consecutive positions of every sample, and
+ * sequence parallelism splits the rank's B * S_cp rows further over tp. Padding positions are
+ * masked out of attention and of the loss. */
+#ifndef WAN_MODEL_H
+#define WAN_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "dist.h"
+#include "ops.h"
+#include "params.h"
+
+/* Offsets (elements in the flat parameter buffer) of one block's tensors, resolved by name. */
+typedef struct {
+    int64_t mod, qkv_w, qkv_b, o_w, o_b, nq, nk, n3_w, n3_b;
+    int64_t cq_w, cq_b, ckv_w, ckv_b, co_w, co_b, cnq, cnk, f1_w, f1_b, f2_w, f2_b;
+} wan_block_offsets;
+
+/* Saved activations of one block (backend memory). With recompute only x_in is kept per
+ * block and the rest lives in one shared set, recomputed before each block's backward. */
+typedef struct {
+    float *x_in, *x1, *x2;                /* residual at the three norms' inputs [T, D] */
+    float *mod;                           /* modulation + e0 [B, 6D] */
+    void *ln1, *ln3, *ln2;                /* norm outputs, gathered over tp with sp [Tf, D] */
+    float *mean1, *rstd1, *mean3, *rstd3, *mean2, *rstd2; /* [T] */
+    void *qk;                             /* raw q | k [Tf, 2Dl] */
+    void *kv;                             /* normed k then v: [2, Tf, Dl] (one ring message) */
+    void *qn;                             /* normed q [Tf, Dl] */
+    float *rr_q, *rr_k;                   /* [Tf] */
+    void *att;                            /* [Tf, Dl] */
+    float *lse;                           /* [B, Hl, S_cp] */
+    float *sa_y;                          /* self-attention output, reduced, no bias [T, D] */
+    void *cq, *cqn;                       /* cross q raw and normed [Tf, Dl] */
+    float *rr_cq;                         /* [Tf] */
+    void *ckv;                            /* raw text k | v [B*L, 2Dl] */
+    void *ckn;                            /* normed text k [B*L, Dl] */
+    float *rr_ck;                         /* [B*L] */
+    void *catt;                           /* [Tf, Dl] */
+    float *clse;                          /* [B, Hl, S_cp] */
+    void *h, *g;                          /* FFN pre- and post-GELU [Tf, Fl] */
+    float *ff_y;                          /* FFN output, reduced, no bias [T, D] */
+} wan_block_acts;
+
+typedef struct {
+    int B, C, F, H, W;     /* latent shape of the micro-batch */
+    int Fp, Hp, Wp;        /* token grid */
+    int S;                 /* real tokens per sample */
+    int S_pad, S_cp;       /* padded, and per context-parallel rank */
+    int T, Tf;             /* residual rows on this rank, rows after the tp gather (B * S_cp) */
+    int tok0;              /* first residual row within the Tf rows */
+    int pos0;              /* first position of this cp rank */
+} wan_shape;
+
+typedef struct wan_model {
+    wan_model_cfg cfg;
+    wan_backend *be;
+    wan_dist *dist;
+    wan_param_set ps;
+    void *w;    /* parameters, be->param dtype [ps.total] */
+    float *g;   /* gradients, fp32 [ps.total] */
+    wan_block_offsets *blk;
+    int64_t o_patch_w, o_patch_b, o_txt0_w, o_txt0_b, o_txt2_w, o_txt2_b, o_te0_w, o_te0_b, o_te2_w, o_te2_b,
+        o_tp_w, o_tp_b, o_head_w, o_head_b, o_head_mod;
+    int D, Dl, Fl, Hl, hd, L, Ct, P_in, P_out;
+    bool recompute;
+    wan_shape sh;
+    void *arena; /* activations of the current shape (model.c owns the layout) */
+    struct wan_model_acts *a;
+} wan_model;
+
+/* Inputs of one micro-batch (host memory). */
+typedef struct {
+    int B, C, F, H, W;
+    const float *latent; /* [B, C, F, H, W] clean latents x0 */
+    const float *noise;  /* [B, C, F, H, W] */
+    const float *sigma;  /* [B] */
+    const float *text;   /* [B, text_len, text_dim], zero-padded */
+    const float *loss_coef; /* [B]: d(step loss)/d(per-element squared error) / 2, per sample */
+} wan_model_input;
+
+int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, bool recompute);
+void wan_model_destroy(wan_model *m);
+/* Allocate activations for a micro-batch shape (no-op if unchanged). */
+int wan_model_set_shape(wan_model *m, int B, int C, int F, int H, int W);
+
+/* Forward of one micro-batch. With loss inputs, computes dpred and this rank's per-sample sums
+ * of squared errors (sqsum[B], host, over this rank's valid tokens). pred_out (host, optional):
+ * this rank's prediction rows [T, P_out] in head channel order. */
+int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, float *pred_out);
+/* Backward of the micro-batch last run forward: accumulates into m->g. */
+int wan_model_backward(wan_model *m);
+/* After the last micro-batch's backward: reduce gradients that tensor parallelism leaves
+ * partial (replicated parameters with sp). */
+int wan_model_reduce_tp_grads(wan_model *m);
+
+/* Copy parameters between the backend buffer and host fp32 (this rank's flat buffer). */
+void wan_model_get_params(wan_model *m, float *host);
+void wan_model_set_params(wan_model *m, const float *host);
+
+/* The 3D RoPE table for a token grid and head size (host, [S_rows, hd/2] each; positions
+ * beyond the grid rotate by 0). */
+void wan_rope_table(int Fp, int Hp, int Wp, int hd, int S_rows, float *cos_out, float *sin_out);
+
+#endif

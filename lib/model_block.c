@@ -1,0 +1,300 @@
+/* One Wan 2.1 attention block, forward and backward, with its tensor-, sequence- and
+ * context-parallel communication:
+ *   x += SelfAttn(LN(x) * (1 + scale1) + shift1) * gate1
+ *   x += CrossAttn(LN3(x), context)
+ *   x += FFN(LN(x) * (1 + scale2) + shift2) * gate2
+ * Column-parallel layers (q, k, v, FFN-in) see all rows of the micro-batch: with sequence
+ * parallelism the norm outputs are all-gathered over tp first. Row-parallel layers (o,
+ * FFN-out) produce partial sums: all-reduced over tp, or reduce-scattered back to the rank's
+ * rows with sequence parallelism. The q/k RMSNorm spans the full dim, so its sums of squares
+ * (and in the backward its dot products) are all-reduced over tp. Self-attention over the
+ * context-parallel split is a ring: K/V blocks travel around cp, outputs merge by log-sum-exp,
+ * and in the backward dK/dV accumulators travel with them back to their owners. */
+#include <math.h>
+#include <string.h>
+
+#include "error.h"
+#include "model_internal.h"
+
+/* Gather this rank's rows of a [Tf, D] act buffer (written at rows tok0) over tp. */
+static int gather_rows(wan_model *m, void *full, int cols) {
+    if (!m->dist->sp) return 0;
+    size_t n = (size_t)m->sh.T * cols;
+    return wan_allgather(&m->dist->tp_g, full, ACT_AT(m, full, (size_t)m->sh.tok0 * cols), n, m->be->act);
+}
+
+/* Reduce a row-parallel partial output [Tf, D] (fp32) to this rank's rows [T, D] in out
+ * (a different buffer: the reduce-scatter cannot work in place). */
+static int reduce_rows(wan_model *m, float *out, float *part, int cols) {
+    wan_dist *d = m->dist;
+    if (d->sp) return wan_reduce_scatter(&d->tp_g, out, part, (size_t)m->sh.T * cols, WAN_F32);
+    WAN_TRY(wan_allreduce(&d->tp_g, part, (size_t)m->sh.Tf * cols, WAN_F32, WAN_RED_SUM));
+    if (out != part) m->be->copy(m->be, out, part, (size_t)m->sh.T * cols * sizeof(float));
+    return 0;
+}
+
+/* Valid keys of context-parallel block j (positions beyond the real sequence are padding). */
+static int valid_in_block(const wan_model *m, int j) {
+    int v = m->sh.S - j * m->sh.S_cp;
+    return v < 0 ? 0 : v > m->sh.S_cp ? m->sh.S_cp : v;
+}
+
+/* ---------------------------------------------------------------- self-attention core */
+
+static int self_attention_forward(wan_model *m, wan_block_acts *k) {
+    struct wan_model_acts *a = m->a;
+    const wan_ops *op = m->be->ops;
+    wan_backend *be = m->be;
+    const wan_shape *s = &m->sh;
+    wan_dist *d = m->dist;
+    int Dl = m->Dl, B = s->B, Sc = s->S_cp;
+    float scale = 1.0f / sqrtf((float)m->hd);
+    void *kn = k->kv, *v = ACT_AT(m, k->kv, (size_t)s->Tf * Dl);
+    if (d->cp == 1) {
+        op->attention_fwd(be, k->att, Dl, k->lse, k->qn, Dl, kn, Dl, v, Dl, B, m->Hl, Sc, Sc, m->hd, valid_in_block(m, 0),
+                          scale);
+        return 0;
+    }
+    /* Ring: step i holds the K/V block of cp rank (r - i), sends it on to r + 1. */
+    size_t nkv = 2 * (size_t)s->Tf * Dl;
+    int next = (d->cp_rank + 1) % d->cp, prev = (d->cp_rank + d->cp - 1) % d->cp;
+    const void *cur = k->kv;
+    bool first = true;
+    for (int i = 0; i < d->cp; i++) {
+        int j = (d->cp_rank - i + d->cp) % d->cp;
+        void *nxt = a->ring_kv[i % 2];
+        if (i + 1 < d->cp) WAN_TRY(wan_sendrecv(&d->cp_g, cur, next, nxt, prev, nkv, be->act));
+        int valid = valid_in_block(m, j);
+        if (valid > 0) {
+            const void *ck = cur, *cv = ACT_AT(m, cur, (size_t)s->Tf * Dl);
+            op->attention_fwd(be, a->o_blk, Dl, a->lse_blk, k->qn, Dl, ck, Dl, cv, Dl, B, m->Hl, Sc, Sc, m->hd, valid,
+                              scale);
+            op->attention_merge(be, a->acc, a->lse_acc, a->o_blk, Dl, a->lse_blk, B, m->Hl, Sc, m->hd, first);
+            first = false;
+        }
+        cur = nxt;
+    }
+    be->convert(be, k->att, be->act, a->acc, WAN_F32, (size_t)s->Tf * Dl);
+    be->copy(be, k->lse, a->lse_acc, (size_t)B * m->Hl * Sc * sizeof(float));
+    return 0;
+}
+
+/* Gradients: dq -> a->dq [Tf, Dl]; dk, dv -> a->dkv [2, Tf, Dl]. */
+static int self_attention_backward(wan_model *m, wan_block_acts *k) {
+    struct wan_model_acts *a = m->a;
+    const wan_ops *op = m->be->ops;
+    wan_backend *be = m->be;
+    const wan_shape *s = &m->sh;
+    wan_dist *d = m->dist;
+    int Dl = m->Dl, B = s->B, Sc = s->S_cp;
+    size_t TD = (size_t)s->Tf * Dl;
+    float scale = 1.0f / sqrtf((float)m->hd);
+    if (d->cp == 1) {
+        op->attention_bwd(be, a->dq, Dl, a->dkv, Dl, ACT_AT(m, a->dkv, TD), Dl, false, a->datt, Dl, k->att, Dl, k->lse,
+                          k->qn, Dl, k->kv, Dl, ACT_AT(m, k->kv, TD), Dl, B, m->Hl, Sc, Sc, m->hd, valid_in_block(m, 0),
+                          scale);
+        return 0;
+    }
+    /* The K/V block and its dK/dV accumulator travel together; after cp hops the accumulator
+     * of block j, summed over every rank in ring order, arrives back at rank j. */
+    int next = (d->cp_rank + 1) % d->cp, prev = (d->cp_rank + d->cp - 1) % d->cp;
+    be->memset0(be, a->dq, TD * wan_dtype_size(be->act));
+    void *dacc = a->ring_dkv[0];
+    be->memset0(be, dacc, 2 * TD * wan_dtype_size(be->act));
+    const void *cur = k->kv;
+    for (int i = 0; i < d->cp; i++) {
+        int j = (d->cp_rank - i + d->cp) % d->cp;
+        int valid = valid_in_block(m, j);
+        if (valid > 0)
+            op->attention_bwd(be, a->dq, Dl, dacc, Dl, ACT_AT(m, dacc, TD), Dl, true, a->datt, Dl, k->att, Dl, k->lse,
+                              k->qn, Dl, cur, Dl, ACT_AT(m, cur, TD), Dl, B, m->Hl, Sc, Sc, m->hd, valid, scale);
+        void *nxt = a->ring_kv[i % 2];
+        if (i + 1 < d->cp) WAN_TRY(wan_sendrecv(&d->cp_g, cur, next, nxt, prev, 2 * TD, be->act));
+        void *dnext = (dacc == a->ring_dkv[0]) ? a->ring_dkv[1] : a->ring_dkv[0];
+        WAN_TRY(wan_sendrecv(&d->cp_g, dacc, next, dnext, prev, 2 * TD, be->act));
+        dacc = dnext;
+        cur = nxt;
+    }
+    be->copy(be, a->dkv, dacc, 2 * TD * wan_dtype_size(be->act));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- q/k norms */
+
+/* RMSNorm(+RoPE) of two column blocks at once, with one all-reduce of their sums of squares. */
+static int qk_norm_forward(wan_model *m, void *y1, int ldy1, float *rr1, const void *x1, int ldx1, int T1, int64_t w1,
+                           const wan_rope *rope1, wan_tokens tk1, void *y2, int ldy2, float *rr2, const void *x2,
+                           int ldx2, int T2, int64_t w2, const wan_rope *rope2, wan_tokens tk2) {
+    const wan_ops *op = m->be->ops;
+    wan_backend *be = m->be;
+    float *ss1 = m->a->ss, *ss2 = m->a->ss + T1;
+    op->rms_sumsq(be, ss1, x1, ldx1, T1, m->Dl);
+    op->rms_sumsq(be, ss2, x2, ldx2, T2, m->Dl);
+    WAN_TRY(wan_allreduce(&m->dist->tp_g, m->a->ss, (size_t)T1 + T2, WAN_F32, WAN_RED_SUM));
+    float eps = (float)m->cfg.eps;
+    op->rms_rope_fwd(be, y1, ldy1, rr1, x1, ldx1, ss1, PARAM(m, w1), rope1, tk1, m->Dl, m->D, eps);
+    op->rms_rope_fwd(be, y2, ldy2, rr2, x2, ldx2, ss2, PARAM(m, w2), rope2, tk2, m->Dl, m->D, eps);
+    return 0;
+}
+
+/* dy (in place: un-rotated) -> dx for two column blocks, one all-reduce of their dot products. */
+static int qk_norm_backward(wan_model *m, void *dx1, int lddx1, void *dy1, int ldy1, const void *x1, int ldx1,
+                            const float *rr1, int T1, int64_t w1, const wan_rope *rope1, wan_tokens tk1, void *dx2,
+                            int lddx2, void *dy2, int ldy2, const void *x2, int ldx2, const float *rr2, int T2,
+                            int64_t w2, const wan_rope *rope2, wan_tokens tk2) {
+    const wan_ops *op = m->be->ops;
+    wan_backend *be = m->be;
+    float *dot1 = m->a->dot, *dot2 = m->a->dot + T1;
+    op->rms_rope_bwd_dot(be, dot1, GRAD(m, w1), dy1, ldy1, x1, ldx1, rr1, PARAM(m, w1), rope1, tk1, m->Dl);
+    op->rms_rope_bwd_dot(be, dot2, GRAD(m, w2), dy2, ldy2, x2, ldx2, rr2, PARAM(m, w2), rope2, tk2, m->Dl);
+    WAN_TRY(wan_allreduce(&m->dist->tp_g, m->a->dot, (size_t)T1 + T2, WAN_F32, WAN_RED_SUM));
+    op->rms_bwd_dx(be, dx1, lddx1, dy1, ldy1, x1, ldx1, rr1, dot1, PARAM(m, w1), T1, m->Dl, m->D);
+    op->rms_bwd_dx(be, dx2, lddx2, dy2, ldy2, x2, ldx2, rr2, dot2, PARAM(m, w2), T2, m->Dl, m->D);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- block forward */
+
+int wan_block_forward(wan_model *m, int l, wan_block_acts *k) {
+    struct wan_model_acts *a = m->a;
+    const wan_block_offsets *o = &m->blk[l];
+    const wan_ops *op = m->be->ops;
+    wan_backend *be = m->be;
+    const wan_shape *s = &m->sh;
+    wan_dtype act = be->act;
+    int B = s->B, D = m->D, Dl = m->Dl, Fl = m->Fl, T = s->T, Tf = s->Tf, BL = B * m->L;
+    float eps = (float)m->cfg.eps, scale = 1.0f / sqrtf((float)m->hd);
+    wan_tokens tk = wan_tk_local(m), tkf = wan_tk_full(m), tkt = {BL, 0, m->L, 0};
+    size_t TD = (size_t)T * D * sizeof(float);
+    float *x = a->x;
+
+    /* (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + e0, per sample */
+    op->add_bcast(be, k->mod, a->e0, PARAM(m, o->mod), (size_t)B * 6 * D, (size_t)6 * D);
+    float *shift1 = k->mod, *scale1 = k->mod + D, *gate1 = k->mod + 2 * D;
+    float *shift2 = k->mod + 3 * D, *scale2 = k->mod + 4 * D, *gate2 = k->mod + 5 * D;
+
+    /* ---- self-attention ---- */
+    op->layernorm_fwd(be, ACT_AT(m, k->ln1, (size_t)s->tok0 * D), act, k->mean1, k->rstd1, x, NULL, NULL, shift1, scale1,
+                      6 * D, tk, D, eps);
+    WAN_TRY(gather_rows(m, k->ln1, D));
+    /* q|k in one GEMM and v in another: v then sits next to the normed k as one ring message */
+    void *qkv_w = PARAM(m, o->qkv_w), *qkv_b = PARAM(m, o->qkv_b);
+    op->matmul_fwd(be, k->qk, act, k->ln1, act, qkv_w, qkv_b, Tf, 2 * Dl, D);
+    void *v = ACT_AT(m, k->kv, (size_t)Tf * Dl);
+    op->matmul_fwd(be, v, act, k->ln1, act, (char *)qkv_w + (size_t)2 * Dl * D * wan_dtype_size(be->param),
+                   (char *)qkv_b + (size_t)2 * Dl * wan_dtype_size(be->param), Tf, Dl, D);
+    WAN_TRY(qk_norm_forward(m, k->qn, Dl, k->rr_q, k->qk, 2 * Dl, Tf, o->nq, &a->rope, tkf, k->kv, Dl, k->rr_k,
+                            ACT_AT(m, k->qk, Dl), 2 * Dl, Tf, o->nk, &a->rope, tkf));
+    WAN_TRY(self_attention_forward(m, k));
+    op->matmul_fwd(be, a->y_part, WAN_F32, k->att, act, PARAM(m, o->o_w), NULL, Tf, D, Dl);
+    WAN_TRY(reduce_rows(m, k->sa_y, a->y_part, D));
+    op->residual_fwd(be, x, k->sa_y, PARAM(m, o->o_b), gate1, 6 * D, tk, D);
+    be->copy(be, k->x1, x, TD);
+
+    /* ---- cross-attention to the text (no modulation, no gate) ---- */
+    op->layernorm_fwd(be, ACT_AT(m, k->ln3, (size_t)s->tok0 * D), act, k->mean3, k->rstd3, x, PARAM(m, o->n3_w),
+                      PARAM(m, o->n3_b), NULL, NULL, 0, tk, D, eps);
+    WAN_TRY(gather_rows(m, k->ln3, D));
+    op->matmul_fwd(be, k->cq, act, k->ln3, act, PARAM(m, o->cq_w), PARAM(m, o->cq_b), Tf, Dl, D);
+    op->matmul_fwd(be, k->ckv, act, a->ctx, act, PARAM(m, o->ckv_w), PARAM(m, o->ckv_b), BL, 2 * Dl, D);
+    WAN_TRY(qk_norm_forward(m, k->cqn, Dl, k->rr_cq, k->cq, Dl, Tf, o->cnq, NULL, tkf, k->ckn, Dl, k->rr_ck, k->ckv,
+                            2 * Dl, BL, o->cnk, NULL, tkt));
+    op->attention_fwd(be, k->catt, Dl, k->clse, k->cqn, Dl, k->ckn, Dl, ACT_AT(m, k->ckv, Dl), 2 * Dl, B, m->Hl, s->S_cp,
+                      m->L, m->hd, m->L, scale);
+    op->matmul_fwd(be, a->y_part, WAN_F32, k->catt, act, PARAM(m, o->co_w), NULL, Tf, D, Dl);
+    WAN_TRY(reduce_rows(m, a->dln, a->y_part, D)); /* dln is free until the backward */
+    op->residual_fwd(be, x, a->dln, PARAM(m, o->co_b), NULL, 0, tk, D);
+    be->copy(be, k->x2, x, TD);
+
+    /* ---- FFN ---- */
+    op->layernorm_fwd(be, ACT_AT(m, k->ln2, (size_t)s->tok0 * D), act, k->mean2, k->rstd2, x, NULL, NULL, shift2, scale2,
+                      6 * D, tk, D, eps);
+    WAN_TRY(gather_rows(m, k->ln2, D));
+    op->matmul_fwd(be, k->h, act, k->ln2, act, PARAM(m, o->f1_w), PARAM(m, o->f1_b), Tf, Fl, D);
+    op->gelu_fwd(be, k->g, k->h, (size_t)Tf * Fl);
+    op->matmul_fwd(be, a->y_part, WAN_F32, k->g, act, PARAM(m, o->f2_w), NULL, Tf, D, Fl);
+    WAN_TRY(reduce_rows(m, k->ff_y, a->y_part, D));
+    op->residual_fwd(be, x, k->ff_y, PARAM(m, o->f2_b), gate2, 6 * D, tk, D);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- block backward */
+
+/* d(norm output) in a->dln [Tf, D], partial over tp -> this rank's rows in a->y_part. */
+static int reduce_dnorm(wan_model *m) {
+    return reduce_rows(m, m->a->y_part, m->a->dln, m->D);
+}
+
+/* a->dx (this rank's rows) -> a->dy gathered [Tf, D] act, times the gate (NULL = none). */
+static int residual_backward(wan_model *m, const float *y, int64_t bias, const float *gate, float *dgate) {
+    struct wan_model_acts *a = m->a;
+    m->be->ops->residual_bwd(m->be, ACT_AT(m, a->dy, (size_t)m->sh.tok0 * m->D), m->be->act, GRAD(m, bias), dgate, a->dx,
+                             y, PARAM(m, bias), gate, 6 * m->D, wan_tk_local(m), m->D);
+    return gather_rows(m, a->dy, m->D);
+}
+
+int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
+    struct wan_model_acts *a = m->a;
+    const wan_block_offsets *o = &m->blk[l];
+    const wan_ops *op = m->be->ops;
+    wan_backend *be = m->be;
+    const wan_shape *s = &m->sh;
+    wan_dtype act = be->act;
+    int B = s->B, D = m->D, Dl = m->Dl, Fl = m->Fl, Tf = s->Tf, BL = B * m->L;
+    float scale = 1.0f / sqrtf((float)m->hd);
+    wan_tokens tk = wan_tk_local(m), tkf = wan_tk_full(m), tkt = {BL, 0, m->L, 0};
+    size_t psz = wan_dtype_size(be->param);
+    float *scale1 = k->mod + D, *gate1 = k->mod + 2 * D, *scale2 = k->mod + 4 * D, *gate2 = k->mod + 5 * D;
+    float *dmod = a->dmod;
+    be->memset0(be, dmod, (size_t)B * 6 * D * sizeof(float));
+
+    /* ---- FFN ---- */
+    WAN_TRY(residual_backward(m, k->ff_y, o->f2_b, gate2, dmod + 5 * D));
+    op->matmul_bwd(be, a->dg, act, false, GRAD(m, o->f2_w), NULL, a->dy, act, k->g, act, PARAM(m, o->f2_w), Tf, D, Fl);
+    op->gelu_bwd(be, a->dh, a->dg, k->h, (size_t)Tf * Fl);
+    op->matmul_bwd(be, a->dln, WAN_F32, false, GRAD(m, o->f1_w), GRAD(m, o->f1_b), a->dh, act, k->ln2, act,
+                   PARAM(m, o->f1_w), Tf, Fl, D);
+    WAN_TRY(reduce_dnorm(m));
+    op->layernorm_bwd(be, a->dx, NULL, NULL, dmod + 3 * D, dmod + 4 * D, a->y_part, WAN_F32, k->x2, k->mean2, k->rstd2, NULL,
+                      scale2, 6 * D, tk, D);
+
+    /* ---- cross-attention ---- */
+    WAN_TRY(residual_backward(m, NULL, o->co_b, NULL, NULL));
+    op->matmul_bwd(be, a->dcatt, act, false, GRAD(m, o->co_w), NULL, a->dy, act, k->catt, act, PARAM(m, o->co_w), Tf, D,
+                   Dl);
+    /* dk -> dckn, dv -> the v columns of dckv */
+    op->attention_bwd(be, a->dcqn, Dl, a->dckn, Dl, ACT_AT(m, a->dckv, Dl), 2 * Dl, false, a->dcatt, Dl, k->catt, Dl,
+                      k->clse, k->cqn, Dl, k->ckn, Dl, ACT_AT(m, k->ckv, Dl), 2 * Dl, B, m->Hl, s->S_cp, m->L, m->hd, m->L,
+                      scale);
+    WAN_TRY(qk_norm_backward(m, a->dcq, Dl, a->dcqn, Dl, k->cq, Dl, k->rr_cq, Tf, o->cnq, NULL, tkf, a->dckv, 2 * Dl,
+                             a->dckn, Dl, k->ckv, 2 * Dl, k->rr_ck, BL, o->cnk, NULL, tkt));
+    op->matmul_bwd(be, a->dctx, WAN_F32, true, GRAD(m, o->ckv_w), GRAD(m, o->ckv_b), a->dckv, act, a->ctx, act,
+                   PARAM(m, o->ckv_w), BL, 2 * Dl, D);
+    op->matmul_bwd(be, a->dln, WAN_F32, false, GRAD(m, o->cq_w), GRAD(m, o->cq_b), a->dcq, act, k->ln3, act,
+                   PARAM(m, o->cq_w), Tf, Dl, D);
+    WAN_TRY(reduce_dnorm(m));
+    op->layernorm_bwd(be, a->dx, GRAD(m, o->n3_w), GRAD(m, o->n3_b), NULL, NULL, a->y_part, WAN_F32, k->x1, k->mean3,
+                      k->rstd3, PARAM(m, o->n3_w), NULL, 0, tk, D);
+
+    /* ---- self-attention ---- */
+    WAN_TRY(residual_backward(m, k->sa_y, o->o_b, gate1, dmod + 2 * D));
+    op->matmul_bwd(be, a->datt, act, false, GRAD(m, o->o_w), NULL, a->dy, act, k->att, act, PARAM(m, o->o_w), Tf, D, Dl);
+    WAN_TRY(self_attention_backward(m, k));
+    size_t TDl = (size_t)Tf * Dl;
+    WAN_TRY(qk_norm_backward(m, a->dqk_raw, 2 * Dl, a->dq, Dl, k->qk, 2 * Dl, k->rr_q, Tf, o->nq, &a->rope, tkf,
+                             ACT_AT(m, a->dqk_raw, Dl), 2 * Dl, a->dkv, Dl, ACT_AT(m, k->qk, Dl), 2 * Dl, k->rr_k, Tf,
+                             o->nk, &a->rope, tkf));
+    char *qkv_w = PARAM(m, o->qkv_w);
+    op->matmul_bwd(be, a->dln, WAN_F32, false, GRAD(m, o->qkv_w), GRAD(m, o->qkv_b), a->dqk_raw, act, k->ln1, act, qkv_w,
+                   Tf, 2 * Dl, D);
+    op->matmul_bwd(be, a->dln, WAN_F32, true, GRAD(m, o->qkv_w) + (size_t)2 * Dl * D, GRAD(m, o->qkv_b) + 2 * Dl,
+                   ACT_AT(m, a->dkv, TDl), act, k->ln1, act, qkv_w + (size_t)2 * Dl * D * psz, Tf, Dl, D);
+    WAN_TRY(reduce_dnorm(m));
+    op->layernorm_bwd(be, a->dx, NULL, NULL, dmod, dmod + D, a->y_part, WAN_F32, k->x_in, k->mean1, k->rstd1, NULL, scale1,
+                      6 * D, tk, D);
+
+    /* modulation: the parameter and e0 receive the same gradient */
+    op->sum_rows(be, GRAD(m, o->mod), dmod, (size_t)B * 6 * D, (size_t)6 * D);
+    op->add(be, a->de0, dmod, WAN_F32, (size_t)B * 6 * D);
+    return 0;
+}

@@ -1,0 +1,132 @@
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "model_internal.h"
+
+static void add_segments(wan_optim *o) {
+    const wan_param_set *ps = &o->m->ps;
+    o->seg = calloc((size_t)ps->n, sizeof *o->seg);
+    for (int i = 0; i < ps->n; i++) {
+        const wan_param *p = &ps->p[i];
+        if (!p->present) continue;
+        int64_t a = p->offset > o->lo ? p->offset : o->lo, b = p->offset + p->numel < o->hi ? p->offset + p->numel : o->hi;
+        if (a >= b) continue;
+        o->seg[o->nseg++] = (wan_optim_segment){a, b, p->decay,
+                                                 p->shard != WAN_SHARD_NONE || o->m->dist->tp_rank == 0, i};
+    }
+}
+
+int wan_optim_create(wan_optim *o, wan_model *m, const wan_train_cfg *t) {
+    memset(o, 0, sizeof *o);
+    o->m = m;
+    o->cfg = t->optimizer;
+    o->sched = t->schedule;
+    o->total_steps = t->steps;
+    wan_dist *d = m->dist;
+    wan_zero_range(m->ps.total, d->dpcp_g.size, d->dpcp_g.rank, &o->lo, &o->hi);
+    wan_backend *be = m->be;
+    size_t n = (size_t)(o->hi - o->lo);
+    o->master = be->alloc(be, n * sizeof(float));
+    o->mom1 = be->alloc(be, n * sizeof(float));
+    o->mom2 = be->alloc(be, n * sizeof(float));
+    o->gshard = d->dpcp_g.size == 1 ? m->g : be->alloc(be, n * sizeof(float));
+    o->scratch = be->alloc(be, 4 * (size_t)d->world * sizeof(float));
+    if (!o->master || !o->mom1 || !o->mom2 || !o->gshard || !o->scratch)
+        return wan_fail(WAN_ERR_RUNTIME, "out of %s memory for the optimizer state (%zu elements)", be->name, n);
+    add_segments(o);
+    wan_optim_reset_masters(o);
+    return 0;
+}
+
+void wan_optim_reset_masters(wan_optim *o) {
+    wan_backend *be = o->m->be;
+    be->convert(be, o->master, WAN_F32, (char *)o->m->w + (size_t)o->lo * wan_dtype_size(be->param), be->param,
+                (size_t)(o->hi - o->lo));
+}
+
+void wan_optim_destroy(wan_optim *o) {
+    wan_backend *be = o->m ? o->m->be : NULL;
+    if (be) {
+        be->free(be, o->master);
+        be->free(be, o->mom1);
+        be->free(be, o->mom2);
+        if (o->gshard != o->m->g) be->free(be, o->gshard);
+        be->free(be, o->scratch);
+    }
+    free(o->seg);
+    memset(o, 0, sizeof *o);
+}
+
+double wan_optim_lr(const wan_optim *o, int step) {
+    double peak = o->cfg.lr;
+    int warm = o->sched.warmup_steps;
+    if (warm > 0 && step <= warm) return peak * step / warm;
+    if (!strcmp(o->sched.kind, "cosine")) {
+        int span = o->sched.decay_steps ? o->sched.decay_steps : o->total_steps - warm;
+        double prog = span > 0 ? (double)(step - warm) / span : 1.0;
+        if (prog > 1) prog = 1;
+        return o->sched.min_lr + (peak - o->sched.min_lr) * 0.5 * (1.0 + cos(M_PI * prog));
+    }
+    return peak;
+}
+
+/* Sum a double over a group exactly and in a fixed order: every member's value travels as a
+ * (hi, lo) float pair and is added up in member order on every rank. */
+static int sum_double(wan_optim *o, wan_group *g, double *v) {
+    if (g->size == 1) return 0;
+    wan_backend *be = o->m->be;
+    float pair[2] = {(float)*v, 0};
+    pair[1] = (float)(*v - (double)pair[0]);
+    float *send = o->scratch, *recv = o->scratch + 2;
+    be->upload(be, send, pair, sizeof pair);
+    WAN_TRY(wan_allgather(g, recv, send, 2, WAN_F32));
+    float *all = malloc((size_t)g->size * 2 * sizeof(float));
+    be->download(be, all, recv, (size_t)g->size * 2 * sizeof(float));
+    double s = 0;
+    for (int i = 0; i < g->size; i++) s += (double)all[2 * i] + (double)all[2 * i + 1];
+    free(all);
+    *v = s;
+    return 0;
+}
+
+int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out) {
+    wan_model *m = o->m;
+    wan_backend *be = m->be;
+    wan_dist *d = m->dist;
+    size_t n = (size_t)(o->hi - o->lo);
+    if (d->dpcp_g.size > 1) WAN_TRY(wan_reduce_scatter(&d->dpcp_g, o->gshard, m->g, n, WAN_F32));
+
+    /* global norm: every element once (tp-replicated tensors counted on tp rank 0) */
+    double ss = 0;
+    for (int i = 0; i < o->nseg; i++)
+        if (o->seg[i].in_norm)
+            ss += be->ops->sumsq(be, o->gshard + (o->seg[i].lo - o->lo), (size_t)(o->seg[i].hi - o->seg[i].lo));
+    WAN_TRY(sum_double(o, &d->dpcp_g, &ss));
+    WAN_TRY(sum_double(o, &d->mp_g, &ss));
+    double norm = sqrt(ss);
+    *grad_norm = norm;
+    float clip = 1.0f;
+    if (o->cfg.grad_clip > 0 && norm > o->cfg.grad_clip) clip = (float)(o->cfg.grad_clip / (norm + 1e-6));
+    if (!isfinite(norm))
+        return wan_fail(WAN_ERR_RUNTIME, "step %d: the gradient norm is %g (loss diverged or bad data)", o->step + 1, norm);
+
+    o->step++;
+    double lr = wan_optim_lr(o, o->step);
+    *lr_out = lr;
+    size_t psz = wan_dtype_size(be->param);
+    for (int i = 0; i < o->nseg; i++) {
+        const wan_optim_segment *s = &o->seg[i];
+        size_t off = (size_t)(s->lo - o->lo), len = (size_t)(s->hi - s->lo);
+        be->ops->adamw(be, o->master + off, o->mom1 + off, o->mom2 + off, o->gshard + off,
+                       (char *)m->w + (size_t)s->lo * psz, len, (float)lr, (float)o->cfg.beta1, (float)o->cfg.beta2,
+                       (float)o->cfg.eps, s->decay ? (float)o->cfg.weight_decay : 0.0f, clip, o->step);
+    }
+    if (d->dpcp_g.size > 1)
+        WAN_TRY(wan_allgather(&d->dpcp_g, m->w, (char *)m->w + (size_t)o->lo * psz, n, be->param));
+    be->memset0(be, m->g, (size_t)m->ps.total * sizeof(float));
+    return 0;
+}

@@ -1,0 +1,45 @@
+/* AdamW with a distributed optimizer (ZeRO-1): gradients are reduce-scattered over dp x cp,
+ * each rank keeps the fp32 master weights and both moments of its slice of the flat buffer
+ * only, updates them, and the new weights are all-gathered. Decay on matrices only;
+ * global-norm clipping; warm-up then constant or cosine learning rate. */
+#ifndef WAN_OPTIM_H
+#define WAN_OPTIM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "model.h"
+
+typedef struct {
+    int64_t lo, hi; /* element range in the flat buffer (inside one tensor) */
+    bool decay;
+    bool in_norm; /* counted in the gradient norm on this rank (replicated tensors on tp rank 0 only) */
+    int param;    /* index into the model's parameter set */
+} wan_optim_segment;
+
+typedef struct {
+    wan_model *m;
+    wan_optim_cfg cfg;
+    wan_schedule_cfg sched;
+    int total_steps;
+    int64_t lo, hi;      /* this rank's ZeRO slice of the flat buffer */
+    float *master, *mom1, *mom2; /* [hi - lo], backend memory */
+    float *gshard;       /* reduced gradients of the slice (aliases m->g + lo with one shard) */
+    float *scratch;      /* small backend buffer for the norm exchange */
+    wan_optim_segment *seg;
+    int nseg;
+    int step;            /* optimizer steps taken */
+} wan_optim;
+
+/* Masters start from the model's current weights. */
+int wan_optim_create(wan_optim *o, wan_model *m, const wan_train_cfg *t);
+void wan_optim_destroy(wan_optim *o);
+double wan_optim_lr(const wan_optim *o, int step); /* learning rate of step (1-based) */
+/* Reduce gradients, clip, update, gather weights, zero gradients. Returns the global gradient
+ * norm before clipping. */
+int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out);
+/* Re-read the masters from the model's weights (after loading weights without optimizer state). */
+void wan_optim_reset_masters(wan_optim *o);
+
+#endif
