@@ -101,7 +101,7 @@ bench-bins: $(PROGRAMS) $(BENCH_BIN)
 # Debian packages for the build, the tests (PyTorch reference, local Slurm cluster) and the demo.
 DEB_PKGS := gcc make pkg-config libconfig-dev libzstd-dev zstd libxxhash-dev libjansson-dev \
   libopenblas-openmp-dev libpmi2-0-dev slurmctld slurmd slurm-client munge \
-  python3 python3-torch python3-numpy
+  python3 python3-torch python3-numpy librsvg2-bin
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	    grep -q 'install ok installed' || echo $$p; done); \

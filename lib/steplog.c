@@ -1,6 +1,7 @@
 #include "steplog.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -44,19 +45,24 @@ int wan_steplog_open(wan_steplog *l, const char *run_dir, const wan_config *cfg,
     return emit(l, h);
 }
 
+/* NaN or inf (a diverged loss) as null: the line must still be valid JSON */
+static json_t *num(double x) { return isfinite(x) ? json_real(x) : json_null(); }
+
 int wan_steplog_step(wan_steplog *l, const wan_config *cfg, const char *device, const wan_step_record *r) {
     const wan_model_cfg *m = &cfg->model;
     const wan_parallel_cfg *p = &cfg->parallel;
+    /* the layout's sequence length is the configured one (per-step lengths vary with the data) */
+    int64_t cfg_seq = wan_config_tokens_per_sample(cfg);
     json_t *layout = json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "gbs", cfg->train.gbs, "mbs",
-                               cfg->train.mbs, "seq_len", r->seq_len, "fsdp", (int)p->fsdp, "tp", p->tp, "sp",
+                               cfg->train.mbs, "seq_len", cfg_seq ? (int)cfg_seq : r->seq_len, "fsdp", (int)p->fsdp, "tp", p->tp, "sp",
                                (int)(p->sp && p->tp > 1), "pp", p->pp, "cp", p->cp, "vp", p->vp, "ep", 0, "dp", r->dp);
     json_t *model = json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:[iii]}", "dim", m->dim, "ffn_dim", m->ffn_dim,
                               "num_heads", m->num_heads, "num_layers", m->num_layers, "text_len", m->text_len,
                               "text_dim", m->text_dim, "freq_dim", m->freq_dim, "in_dim", m->in_dim, "out_dim",
                               m->out_dim, "patch_size", m->patch_size[0], m->patch_size[1], m->patch_size[2]);
-    json_t *o = json_pack("{s:s,s:i,s:f,s:f,s:f,s:f,s:f,s:i,s:I,s:i,s:i,s:s,s:o,s:o,s:b,s:b,s:I,s:I}", "type", "step",
-                          "step", r->step, "time", unix_now(), "step_time", r->step_time, "loss", r->loss, "grad_norm",
-                          r->grad_norm, "lr", r->lr, "samples", r->samples, "tokens", (json_int_t)r->tokens, "seq_len",
+    json_t *o = json_pack("{s:s,s:i,s:f,s:f,s:o,s:o,s:f,s:i,s:I,s:i,s:i,s:s,s:o,s:o,s:b,s:b,s:I,s:I}", "type", "step",
+                          "step", r->step, "time", unix_now(), "step_time", r->step_time, "loss", num(r->loss),
+                          "grad_norm", num(r->grad_norm), "lr", r->lr, "samples", r->samples, "tokens", (json_int_t)r->tokens, "seq_len",
                           r->seq_len, "gpus", r->gpus, "device", device, "layout", layout, "model", model, "ckpt",
                           r->ckpt, "eval", r->eval, "mem_peak", (json_int_t)r->mem_peak, "data_epoch",
                           (json_int_t)r->data_epoch);
@@ -68,9 +74,9 @@ int wan_steplog_eval(wan_steplog *l, int step, double mean, const double *sigmas
     json_t *s = json_array(), *v = json_array();
     for (int i = 0; i < n; i++) {
         json_array_append_new(s, json_real(sigmas[i]));
-        json_array_append_new(v, json_real(losses[i]));
+        json_array_append_new(v, num(losses[i]));
     }
-    return emit(l, json_pack("{s:s,s:i,s:f,s:o,s:o,s:i}", "type", "eval", "step", step, "loss", mean, "sigmas", s,
+    return emit(l, json_pack("{s:s,s:i,s:o,s:o,s:o,s:i}", "type", "eval", "step", step, "loss", num(mean), "sigmas", s,
                              "loss_by_sigma", v, "samples", samples));
 }
 
