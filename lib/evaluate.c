@@ -52,7 +52,7 @@ int wan_validate(wan_model *m, const wan_val_opts *o, wan_val_result *r) {
         wan_rand_normal_fill(noise, nl, o->seed, WAN_RNG_EVAL, 0, (uint32_t)i, 0);
         for (int k = 0; k < o->nsig && !rc; k++) {
             float sg = (float)o->sigmas[k], coef = 1.0f / (float)nl;
-            wan_model_input in = {1, C, F, H, W, lat, noise, &sg, text, &coef};
+            wan_model_input in = {1, C, F, H, W, lat, noise, &sg, text, &coef, NULL};
             double sq = 0;
             rc = wan_model_forward(m, &in, &sq, NULL);
             sums[k] += sq / (double)nl;

@@ -437,16 +437,17 @@ int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, fl
      * the latent layout on the host, then patchified for this rank's rows on the backend. */
     float *host = malloc(2 * lat * B * sizeof(float)), *tvec = malloc((size_t)B * sizeof(float));
     if (!host || !tvec) return wan_fail(WAN_ERR_RUNTIME, "out of host memory");
+    bool flow = in->noise && in->sigma;
     for (int b = 0; b < B; b++) {
-        float sg = in->sigma ? in->sigma[b] : 0.0f;
-        const float *x0 = in->latent + b * lat, *nz = in->noise ? in->noise + b * lat : NULL;
+        float sg = flow ? in->sigma[b] : 0.0f;
+        const float *x0 = in->latent + b * lat, *nz = flow ? in->noise + b * lat : NULL;
         float *xt = host + b * lat, *tg = host + (B + b) * lat;
         for (size_t i = 0; i < lat; i++) {
             float n = nz ? nz[i] : 0.0f;
             xt[i] = (1.0f - sg) * x0[i] + sg * n;
             tg[i] = n - x0[i];
         }
-        tvec[b] = 1000.0f * sg;
+        tvec[b] = in->timestep ? in->timestep[b] : 1000.0f * sg;
     }
     be->upload(be, a->xt_lat, host, lat * B * sizeof(float));
     be->upload(be, a->tgt_lat, host + lat * B, lat * B * sizeof(float));

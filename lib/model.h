@@ -76,14 +76,17 @@ typedef struct wan_model {
     struct wan_model_acts *a;
 } wan_model;
 
-/* Inputs of one micro-batch (host memory). */
+/* Inputs of one micro-batch (host memory). With noise and sigma the model sees
+ * x_t = (1 - sigma) latent + sigma noise at timestep 1000 sigma and the loss target is
+ * noise - latent; without them it sees latent itself at `timestep`. */
 typedef struct {
     int B, C, F, H, W;
-    const float *latent; /* [B, C, F, H, W] clean latents x0 */
-    const float *noise;  /* [B, C, F, H, W] */
-    const float *sigma;  /* [B] */
-    const float *text;   /* [B, text_len, text_dim], zero-padded */
-    const float *loss_coef; /* [B]: d(step loss)/d(per-element squared error) / 2, per sample */
+    const float *latent;    /* [B, C, F, H, W] clean latents x0 (or the model input) */
+    const float *noise;     /* [B, C, F, H, W] or NULL */
+    const float *sigma;     /* [B] or NULL */
+    const float *text;      /* [B, text_len, text_dim], zero-padded */
+    const float *loss_coef; /* [B] weight of each sample's squared errors in the loss, or NULL */
+    const float *timestep;  /* [B] overrides 1000 sigma, or NULL */
 } wan_model_input;
 
 int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, bool recompute);

@@ -20,6 +20,7 @@
 #include "log.h"
 #include "model.h"
 #include "optim.h"
+#include "runtime.h"
 #include "steplog.h"
 #include "train_state.h"
 
@@ -41,10 +42,7 @@ static void install_signals(void) {
 
 typedef struct {
     wan_config cfg;
-    wan_bootstrap boot;
-    wan_backend *be;
-    wan_comm *comm;
-    wan_dist dist;
+    wan_runtime rt;
     wan_model model;
     wan_optim opt;
     wan_dataset *ds, *eval_ds;
@@ -56,9 +54,9 @@ typedef struct {
 } job;
 
 static int world_max(job *j, float *v) {
-    wan_backend *be = j->be;
+    wan_backend *be = j->rt.be;
     be->upload(be, j->stop_flag, v, sizeof *v);
-    WAN_TRY(wan_allreduce(&j->comm->world, j->stop_flag, 1, WAN_F32, WAN_RED_MAX));
+    WAN_TRY(wan_allreduce(&j->rt.comm->world, j->stop_flag, 1, WAN_F32, WAN_RED_MAX));
     be->download(be, v, j->stop_flag, sizeof *v);
     return 0;
 }
@@ -76,31 +74,13 @@ static int setup(job *j, const wan_train_opts *opts) {
     if (wan_flow_preset_get(cfg->train.objective, &j->flow))
         return wan_fail(WAN_ERR_USAGE, "train.objective = %s: unknown", cfg->train.objective);
 
-    WAN_TRY(wan_bootstrap_init(&j->boot, opts->nproc));
-    wan_log_set_rank(j->boot.size > 1 ? j->boot.rank : -1);
-    WAN_TRY(wan_config_validate(cfg, j->boot.size));
+    WAN_TRY(wan_runtime_init(&j->rt, cfg, opts->nproc));
+    j->stop_flag = j->rt.be->alloc(j->rt.be, sizeof(float));
+    if (j->rt.boot.rank == 0)
+        wan_info("world %d = tp %d x cp %d x dp %d x pp %d%s; backend %s", j->rt.dist.world, j->rt.dist.tp, j->rt.dist.cp,
+                 j->rt.dist.dp, j->rt.dist.pp, j->rt.dist.sp ? " (sequence parallel)" : "", j->rt.be->device_name);
 
-    if (!strcmp(cfg->train.device, "cuda")) {
-        WAN_TRY(wan_backend_cuda(j->boot.local_rank, &j->be));
-    } else {
-        int threads = cfg->train.threads;
-        if (threads <= 0) {
-            long cores = sysconf(_SC_NPROCESSORS_ONLN);
-            threads = (int)(cores / (j->boot.local_size > 0 ? j->boot.local_size : 1));
-            if (threads < 1) threads = 1;
-        }
-        j->be = wan_backend_cpu(threads);
-    }
-    if (!strcmp(cfg->train.device, "cuda"))
-        WAN_TRY(wan_comm_nccl_create(&j->boot, j->boot.local_rank, cfg->train.comm_timeout, NULL, &j->comm));
-    else WAN_TRY(wan_comm_shm_create(&j->boot, cfg->train.comm_timeout, &j->comm));
-    WAN_TRY(wan_dist_init(&j->dist, j->comm, &cfg->parallel));
-    j->stop_flag = j->be->alloc(j->be, sizeof(float));
-    if (j->boot.rank == 0)
-        wan_info("world %d = tp %d x cp %d x dp %d x pp %d%s; backend %s", j->dist.world, j->dist.tp, j->dist.cp,
-                 j->dist.dp, j->dist.pp, j->dist.sp ? " (sequence parallel)" : "", j->be->device_name);
-
-    WAN_TRY(wan_model_create(&j->model, &cfg->model, j->be, &j->dist, cfg->train.recompute));
+    WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, cfg->train.recompute));
     float *init = malloc((size_t)j->model.ps.total * sizeof(float));
     if (!init) return wan_fail(WAN_ERR_RUNTIME, "out of host memory for the initial weights");
     wan_params_init_host(&j->model.ps, (uint64_t)cfg->train.seed, init);
@@ -125,8 +105,8 @@ static int make_loader(job *j, wan_loader_state start) {
     for (int i = 0; i < 3; i++) lo.synth_shape[1 + i] = cfg->train.latent_shape[i];
     lo.gbs = cfg->train.gbs;
     lo.mbs = cfg->train.mbs;
-    lo.dp = j->dist.dp;
-    lo.dp_rank = j->dist.dp_rank;
+    lo.dp = j->rt.dist.dp;
+    lo.dp_rank = j->rt.dist.dp_rank;
     lo.text_len = cfg->model.text_len;
     lo.text_dim = cfg->model.text_dim;
     lo.prefetch = cfg->data.prefetch;
@@ -140,7 +120,7 @@ static int make_loader(job *j, wan_loader_state start) {
  * (mean over the global batch of the weighted per-sample mean squared errors). */
 static int train_step(job *j, int step, double *loss, int *seq_len) {
     wan_config *cfg = &j->cfg;
-    wan_dist *d = &j->dist;
+    wan_dist *d = &j->rt.dist;
     int nmicro = cfg->train.gbs / (cfg->train.mbs * d->dp);
     double local = 0;
     float *noise = NULL, *sigma = NULL, *coef = NULL;
@@ -172,7 +152,7 @@ static int train_step(job *j, int step, double *loss, int *seq_len) {
             coef[b] = (float)(w[b] / ((double)cfg->train.gbs * (double)lat));
             wan_flow_noise((uint64_t)cfg->train.seed, (uint32_t)step, gi, noise + b * lat, lat);
         }
-        wan_model_input in = {mb.B, mb.C, mb.F, mb.H, mb.W, mb.latent, noise, sigma, mb.text, coef};
+        wan_model_input in = {mb.B, mb.C, mb.F, mb.H, mb.W, mb.latent, noise, sigma, mb.text, coef, NULL};
         rc = wan_model_forward(&j->model, &in, sq, NULL);
         if (!rc) rc = wan_model_backward(&j->model);
         for (int b = 0; b < mb.B && !rc; b++) local += w[b] * sq[b] / ((double)cfg->train.gbs * (double)lat);
@@ -186,13 +166,13 @@ static int train_step(job *j, int step, double *loss, int *seq_len) {
     if (rc) return rc;
     WAN_TRY(wan_model_reduce_tp_grads(&j->model));
     /* the loss: partial over dp x cp (and tp with sp); tp ranks without sp hold copies */
-    wan_backend *be = j->be;
+    wan_backend *be = j->rt.be;
     float pair[2] = {(float)local, 0};
     pair[1] = (float)(local - (double)pair[0]);
     if (!(d->sp || d->tp_rank == 0)) pair[0] = pair[1] = 0;
     float *buf = be->alloc(be, sizeof pair);
     be->upload(be, buf, pair, sizeof pair);
-    rc = wan_allreduce(&j->comm->world, buf, 2, WAN_F32, WAN_RED_SUM);
+    rc = wan_allreduce(&j->rt.comm->world, buf, 2, WAN_F32, WAN_RED_SUM);
     be->download(be, pair, buf, sizeof pair);
     be->free(be, buf);
     *loss = (double)pair[0] + (double)pair[1];
@@ -210,7 +190,7 @@ static int evaluate(job *j, int step) {
     for (int i = 0; i < 3; i++) vo.synth_shape[1 + i] = j->cfg.train.latent_shape[i];
     wan_val_result r;
     WAN_TRY(wan_validate(&j->model, &vo, &r));
-    if (j->boot.rank == 0) {
+    if (j->rt.boot.rank == 0) {
         wan_info("step %d: validation loss %.6f (sigma 0.1..0.9: %.4f %.4f %.4f %.4f %.4f) over %d samples", step, r.mean,
                  r.loss[0], r.loss[1], r.loss[2], r.loss[3], r.loss[4], r.samples);
         WAN_TRY(wan_steplog_eval(&j->log, step, r.mean, r.sigmas, r.loss, r.nsig, r.samples));
@@ -226,7 +206,7 @@ static int run(job *j, const wan_train_opts *opts) {
     char latest[WAN_PATH_MAX];
     if (opts->resume && !from) {
         if (wan_ckpt_latest(j->ckpt_root, latest, sizeof latest) == 0) from = latest;
-        else if (j->boot.rank == 0) wan_info("no checkpoint in %s: starting from scratch", j->ckpt_root);
+        else if (j->rt.boot.rank == 0) wan_info("no checkpoint in %s: starting from scratch", j->ckpt_root);
         wan_error_clear();
     }
     if (from) {
@@ -238,7 +218,7 @@ static int run(job *j, const wan_train_opts *opts) {
     }
     WAN_TRY(make_loader(j, ds));
 
-    if (j->boot.rank == 0) {
+    if (j->rt.boot.rank == 0) {
         WAN_TRY(wan_mkdir_p(cfg->train.run_dir));
         char path[WAN_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/config.cfg", cfg->train.run_dir);
@@ -246,7 +226,7 @@ static int run(job *j, const wan_train_opts *opts) {
         int rc = wan_write_file_atomic(path, text, strlen(text));
         free(text);
         WAN_TRY(rc);
-        WAN_TRY(wan_steplog_open(&j->log, cfg->train.run_dir, cfg, j->dist.world, j->be->device_name, start_step));
+        WAN_TRY(wan_steplog_open(&j->log, cfg->train.run_dir, cfg, j->rt.dist.world, j->rt.be->device_name, start_step));
         fprintf(stderr, "resolved configuration:\n");
         wan_config_write(cfg, stderr);
     }
@@ -272,7 +252,7 @@ static int run(job *j, const wan_train_opts *opts) {
             saved_last = true;
         }
         double dt = wan_now() - t0;
-        if (j->boot.rank == 0) {
+        if (j->rt.boot.rank == 0) {
             wan_step_record r = {step,
                                  dt,
                                  loss,
@@ -281,19 +261,19 @@ static int run(job *j, const wan_train_opts *opts) {
                                  cfg->train.gbs,
                                  (long long)cfg->train.gbs * tokens_per_sample,
                                  (int)tokens_per_sample,
-                                 j->dist.world,
-                                 j->dist.dp,
+                                 j->rt.dist.world,
+                                 j->rt.dist.dp,
                                  save,
                                  eval,
-                                 (long long)j->be->mem_peak,
+                                 (long long)j->rt.be->mem_peak,
                                  (long long)wan_loader_get_state(j->loader).epoch};
-            WAN_TRY(wan_steplog_step(&j->log, cfg, j->be->device_name, &r));
+            WAN_TRY(wan_steplog_step(&j->log, cfg, j->rt.be->device_name, &r));
             if (step % cfg->train.log_interval == 0 || step == cfg->train.steps || stopped)
                 wan_info("step %d/%d loss %.6f grad_norm %.4f lr %.3g %.3fs %.0f tokens/s%s", step, cfg->train.steps, loss,
                          gnorm, lr, dt, (double)r.tokens / dt, save ? " (checkpoint)" : "");
         }
         if (stopped) {
-            if (j->boot.rank == 0)
+            if (j->rt.boot.rank == 0)
                 wan_info("stopped by signal after step %d: checkpoint saved, exit %d to requeue", step, WAN_EXIT_REQUEUE);
             break;
         }
@@ -306,13 +286,11 @@ static void teardown(job *j) {
     if (j->loader) wan_loader_destroy(j->loader);
     if (j->opt.m) wan_optim_destroy(&j->opt);
     if (j->model.be) wan_model_destroy(&j->model);
-    if (j->be && j->stop_flag) j->be->free(j->be, j->stop_flag);
-    if (j->comm) j->comm->ops->destroy(j->comm);
+    if (j->rt.be && j->stop_flag) j->rt.be->free(j->rt.be, j->stop_flag);
     if (j->ds) wan_dataset_close(j->ds);
     if (j->eval_ds) wan_dataset_close(j->eval_ds);
     wan_steplog_close(&j->log);
-    if (j->be) wan_backend_destroy(j->be);
-    wan_bootstrap_finalize(&j->boot);
+    wan_runtime_fini(&j->rt);
 }
 
 int wan_train_main(const wan_train_opts *opts) {

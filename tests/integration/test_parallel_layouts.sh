@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Every parallel layout trains the tiny model exactly like the single process: losses per step
+# and the state after the last step (weights, fp32 masters, both AdamW moments) within 1e-5
+# relative. Ranks are local processes (--nproc); test_slurm_layouts.sh runs them under srun.
+source "$(dirname "$0")/../lib.sh"
+t_tmpdir
+CMP=$ROOT/build/tests/tools/ckpt_compare
+STEPS=5
+COMMON=(--set train.steps=$STEPS --set train.gbs=6 --set train.mbs=1 --set train.optimizer.lr=3e-3
+        --set train.optimizer.weight_decay=0.01 --set train.threads=1 --set train.comm_timeout=60)
+
+train() { # name nproc [--set ...]
+    local name=$1 n=$2; shift 2
+    "$BIN/wan-train" "${COMMON[@]}" --set train.run_dir="$T_TMP/$name" --nproc "$n" "$@" >"$T_TMP/$name.log" 2>&1
+}
+
+losses() { # run dir -> "step loss" lines
+    /usr/bin/python3 -c '
+import json, sys
+for line in open(sys.argv[1] + "/steps.jsonl"):
+    r = json.loads(line)
+    if r["type"] == "step": print(r["step"], repr(r["loss"]))' "$1"
+}
+
+same_losses() { # a b: every step within 1e-5 relative
+    /usr/bin/python3 - "$1" "$2" <<'EOF'
+import json, sys
+def read(d):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(d + "/steps.jsonl")) if r["type"] == "step"}
+a, b = read(sys.argv[1]), read(sys.argv[2])
+ok = sorted(a) == sorted(b) and len(a) > 0
+worst = max((abs(a[s] - b[s]) / abs(a[s]) for s in a if s in b), default=1.0)
+print("  losses of %d steps, worst relative difference %.2e" % (len(a), worst))
+sys.exit(0 if ok and worst <= 1e-5 else 1)
+EOF
+}
+
+t_check "single process trains" train base 1
+[ -d "$T_TMP/base/checkpoints/latest" ] || t_fail "single process wrote no checkpoint"
+
+layout() { # name nproc overrides...
+    local name=$1 n=$2; shift 2
+    if ! train "$name" "$n" "$@"; then
+        t_fail "$name: training failed"; tail -5 "$T_TMP/$name.log"; return
+    fi
+    t_check "$name: losses match the single process" same_losses "$T_TMP/base" "$T_TMP/$name"
+    t_check "$name: weights, masters and moments match" \
+        "$CMP" "$T_TMP/base/checkpoints/latest" "$T_TMP/$name/checkpoints/latest" --tol 1e-5
+}
+
+layout dp2 2
+layout tp2 2 --set parallel.tp=2
+layout tp2-sp 2 --set parallel.tp=2 --set parallel.sp=true
+layout cp2 2 --set parallel.cp=2
+layout cp2-tp2 4 --set parallel.cp=2 --set parallel.tp=2
+layout dp2-cp2 4 --set parallel.cp=2
+layout dp3-uneven 3
+
+# the checkpoint of a multi-rank layout was written in pieces by several ranks
+pieces=$(grep -c '"file"' "$T_TMP/cp2-tp2/checkpoints/latest/meta.json")
+[ "$pieces" -gt 0 ] && ls "$T_TMP/cp2-tp2/checkpoints/latest/" | grep -q rank00003.bin &&
+    t_ok "cp2-tp2 checkpoint written by all 4 ranks" || t_fail "cp2-tp2 checkpoint pieces"
+
+# a layout that does not fit the world is refused before any work, naming the numbers
+"$BIN/wan-train" "${COMMON[@]}" --set train.run_dir="$T_TMP/bad" --set parallel.tp=2 --nproc 3 >"$T_TMP/bad.log" 2>&1
+rc=$?
+[ $rc = 2 ] && grep -q "3 ranks is not divisible by tp \* cp \* pp" "$T_TMP/bad.log" && [ ! -e "$T_TMP/bad/steps.jsonl" ] &&
+    t_ok "world 3 with tp 2 refused (exit 2) before training" || { t_fail "world 3 with tp 2: exit $rc"; cat "$T_TMP/bad.log"; }
+"$BIN/wan-train" "${COMMON[@]}" --set train.run_dir="$T_TMP/bad2" --set train.gbs=5 --nproc 2 >"$T_TMP/bad2.log" 2>&1
+rc=$?
+[ $rc = 2 ] && grep -q "train.gbs = 5: not divisible by train.mbs \* dp = 1 \* 2" "$T_TMP/bad2.log" &&
+    t_ok "gbs 5 at dp 2 refused (exit 2)" || { t_fail "gbs 5 at dp 2: exit $rc"; cat "$T_TMP/bad2.log"; }
+
+# a killed rank makes every rank stop, non-zero, promptly
+"$BIN/wan-train" --set train.steps=100000 --set train.run_dir="$T_TMP/kill" --set train.threads=1 \
+    --set train.comm_timeout=30 --nproc 2 >"$T_TMP/kill.log" 2>&1 &
+sup=$!
+for _ in $(seq 50); do grep -q "step 2/" "$T_TMP/kill.log" && break; sleep 0.2; done
+victim=$(pgrep -P $sup | tail -n1)
+start=$(date +%s)
+kill -9 "$victim"
+wait $sup
+rc=$?
+took=$(( $(date +%s) - start ))
+left=$(pgrep -P $sup | wc -l)
+[ $rc != 0 ] && [ "$took" -le 30 ] && [ "$left" = 0 ] &&
+    t_ok "killed rank: job exits $rc in ${took}s, no rank left" ||
+    { t_fail "killed rank: exit $rc after ${took}s, $left ranks left"; tail -5 "$T_TMP/kill.log"; }
+
+t_summary
