@@ -48,6 +48,7 @@ typedef struct {
     int gbs, mbs, dp, dp_rank;
     int text_len, text_dim; /* the model's: text is zero-padded to text_len rows */
     int prefetch;           /* micro-batches read ahead by background threads (0 = none) */
+    int threads;            /* background reader threads when prefetch > 0 (0 = min(prefetch, 4)) */
     bool verify;
     bool skip_corrupt;      /* replace a corrupt sample deterministically instead of failing */
     wan_loader_state start;
@@ -70,6 +71,7 @@ int wan_loader_next(wan_loader *l, wan_microbatch *mb);
 /* Position after the last fully consumed global batch. */
 wan_loader_state wan_loader_get_state(const wan_loader *l);
 uint64_t wan_loader_corrupt_skipped(const wan_loader *l);
+int64_t wan_loader_batches_per_epoch(const wan_loader *l); /* global batches in one epoch */
 void wan_loader_destroy(wan_loader *l);
 
 /* Synthetic samples (wan-preprocess synth and data.path = ""): a pure function of
