@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ckpt.h"
+#include "blas_kernels.h"
 #include "cli.h"
 #include "dataset.h"
 #include "error.h"
@@ -269,6 +270,7 @@ static int cmd_val(const opts_t *o) {
 }
 
 int main(int argc, char **argv) {
+    wan_blas_ensure_kernels(argv);
     if (argc < 2) {
         usage(stderr);
         return WAN_ERR_USAGE;

@@ -60,7 +60,8 @@ typedef struct wan_ops {
      * out = LN(x) * w + b                       (w, b params; NULL = no affine)
      * out = LN(x) * (1 + scale[b]) + shift[b]   (shift/scale fp32 rows of stride mod_stride per
      *                                            sample; NULL = none)
-     * mean, rstd [T] are saved for the backward. */
+     * mean, rstd [T] are saved for the backward. Affine and modulation are exclusive (Wan never
+     * combines them). */
     void (*layernorm_fwd)(wan_backend *be, void *out, wan_dtype out_dt, float *mean, float *rstd,
                           const float *x, const void *w, const void *b, const float *shift,
                           const float *scale, int mod_stride, wan_tokens tk, int D, float eps);

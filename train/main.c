@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas_kernels.h"
 #include "cli.h"
 #include "config.h"
 #include "error.h"
@@ -43,6 +44,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    wan_blas_ensure_kernels(argv);
     static const struct option opts[] = {
         {"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 's'},
         {"nproc", required_argument, 0, 'n'},  {"resume", no_argument, 0, 'r'},
