@@ -125,7 +125,8 @@ static int cmd_forward(const opts_t *o) {
     if (!rc && flow) noise = read_f32(&in, tn, &rc);
     if (!rc && flow) sigma = read_f32(&in, ts, &rc);
     if (!rc && tt && !flow) tstep = read_f32(&in, tt, &rc);
-    wan_st_close(&in);
+    int64_t lat_shape[5] = {B, C, F, H, W};
+    wan_st_close(&in); /* tl, tc... point into it: not used below */
 
     wan_runtime rt;
     memset(&rt, 0, sizeof rt);
@@ -174,7 +175,7 @@ static int cmd_forward(const opts_t *o) {
         snprintf(decl[0].name, sizeof decl[0].name, "pred");
         decl[0].dtype = WAN_F32;
         decl[0].ndim = 5;
-        memcpy(decl[0].shape, tl->shape, 5 * sizeof(int64_t));
+        memcpy(decl[0].shape, lat_shape, sizeof lat_shape);
         if (flow) {
             snprintf(decl[1].name, sizeof decl[1].name, "loss");
             snprintf(decl[2].name, sizeof decl[2].name, "loss_weighted");

@@ -95,8 +95,9 @@ def run_case(name, c, B, lat_shape, seed):
             json.dump(cfgj, f)
         ref.save_safetensors(os.path.join(rel, 'diffusion_pytorch_model.safetensors'), weights)
         ckpt = os.path.join(tmp, 'ckpt')
-        r = subprocess.run([os.path.join(BIN, 'wan-reshard'), 'import', rel, '--to', ckpt],
-                           capture_output=True, text=True)
+        # the checkpoint records run settings too: a latent shape this model can take
+        r = subprocess.run([os.path.join(BIN, 'wan-reshard'), 'import', rel, '--to', ckpt, '--quiet',
+                            '--set', 'train.latent_shape=[%d,%d,%d]' % lat_shape], capture_output=True, text=True)
         if r.returncode != 0:
             report(False, name + ' import', r.stderr[-2000:])
             return
