@@ -66,6 +66,10 @@ int wan_steplog_step(wan_steplog *l, const wan_config *cfg, const char *device, 
                           r->seq_len, "gpus", r->gpus, "device", device, "layout", layout, "model", model, "ckpt",
                           r->ckpt, "eval", r->eval, "mem_peak", (json_int_t)r->mem_peak, "data_epoch",
                           (json_int_t)r->data_epoch);
+    static const char *groups[7] = {"tp", "cp", "dp", "pp", "dpcp", "mp", "world"};
+    json_t *cb = json_object();
+    for (int i = 0; i < 7; i++) json_object_set_new(cb, groups[i], json_integer(r->comm_bytes[i]));
+    json_object_set_new(o, "comm_bytes", cb);
     return emit(l, o);
 }
 

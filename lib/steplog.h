@@ -13,7 +13,8 @@
  *  "layout":{"gbs":4,"mbs":1,"seq_len":48,"fsdp":0,"tp":1,"sp":0,"pp":1,"cp":1,"vp":0,"ep":0,"dp":2},
  *  "model":{"dim":64,"ffn_dim":128,"num_heads":2,"num_layers":2,"text_len":16,"text_dim":32,
  *           "freq_dim":256,"in_dim":16,"out_dim":16,"patch_size":[1,2,2]},
- *  "ckpt":false,"eval":false,"mem_peak":123456,"data_epoch":0}
+ *  "ckpt":false,"eval":false,"mem_peak":123456,"data_epoch":0,
+ *  "comm_bytes":{"tp":0,"cp":0,"dp":0,"pp":0,"dpcp":4096,"mp":0,"world":8}}
  *
  *   step       optimizer step just completed (1-based)
  *   time       unix time at the end of the step
@@ -22,6 +23,8 @@
  *   samples, tokens  in the global batch (tokens = samples * seq_len, video tokens only)
  *   gpus       ranks of the run (GPUs, or CPU processes)
  *   mem_peak   bytes, peak backend memory on rank 0
+ *   comm_bytes bytes rank 0 sent in the step's training work per group (the volume a ring
+ *              algorithm sends; checkpoint and evaluation traffic excluded)
  *
  * {"type":"eval","step":10,"loss":0.31,"sigmas":[0.1,0.3,0.5,0.7,0.9],
  *  "loss_by_sigma":[0.2,0.25,0.3,0.35,0.4],"samples":8}
@@ -47,6 +50,7 @@ typedef struct {
     bool ckpt, eval;
     long long mem_peak;
     long long data_epoch;
+    long long comm_bytes[7]; /* tp, cp, dp, pp, dpcp, mp, world */
 } wan_step_record;
 
 int wan_steplog_open(wan_steplog *l, const char *run_dir, const wan_config *cfg, int world_size,

@@ -198,6 +198,13 @@ static int evaluate(job *j, int step) {
     return 0;
 }
 
+/* Bytes this rank has sent so far in each group (tp, cp, dp, pp, dpcp, mp, world). */
+static void comm_bytes(job *j, long long out[7]) {
+    wan_dist *d = &j->rt.dist;
+    const wan_group *g[7] = {&d->tp_g, &d->cp_g, &d->dp_g, &d->pp_g, &d->dpcp_g, &d->mp_g, &j->rt.comm->world};
+    for (int i = 0; i < 7; i++) out[i] = (long long)g[i]->bytes_sent;
+}
+
 static int run(job *j, const wan_train_opts *opts) {
     wan_config *cfg = &j->cfg;
     int start_step = 0;
@@ -232,10 +239,12 @@ static int run(job *j, const wan_train_opts *opts) {
     }
     install_signals();
     int64_t tokens_per_sample = 0;
-    bool stopped = false, saved_last = false;
+    bool stopped = false;
     for (int step = start_step + 1; step <= cfg->train.steps; step++) {
         double t0 = wan_now(), loss = 0, gnorm = 0, lr = 0;
         int seq = 0;
+        long long cb0[7], cb1[7];
+        comm_bytes(j, cb0);
         WAN_TRY(train_step(j, step, &loss, &seq));
         WAN_TRY(wan_optim_step(&j->opt, &gnorm, &lr));
         tokens_per_sample = seq;
@@ -243,13 +252,13 @@ static int run(job *j, const wan_train_opts *opts) {
         float stop = stop_signal ? 1.0f : 0.0f;
         WAN_TRY(world_max(j, &stop));
         stopped = stop > 0;
+        comm_bytes(j, cb1);
         bool save = stopped || step == cfg->train.steps ||
                     (cfg->train.ckpt_interval > 0 && step % cfg->train.ckpt_interval == 0);
         bool eval = cfg->eval.interval > 0 && step % cfg->eval.interval == 0;
         if (eval) WAN_TRY(evaluate(j, step));
         if (save) {
             WAN_TRY(wan_state_save(&j->model, &j->opt, cfg, step, wan_loader_get_state(j->loader), j->ckpt_root));
-            saved_last = true;
         }
         double dt = wan_now() - t0;
         if (j->rt.boot.rank == 0) {
@@ -266,7 +275,9 @@ static int run(job *j, const wan_train_opts *opts) {
                                  save,
                                  eval,
                                  (long long)j->rt.be->mem_peak,
-                                 (long long)wan_loader_get_state(j->loader).epoch};
+                                 (long long)wan_loader_get_state(j->loader).epoch,
+                                 {0}};
+            for (int i = 0; i < 7; i++) r.comm_bytes[i] = cb1[i] - cb0[i];
             WAN_TRY(wan_steplog_step(&j->log, cfg, j->rt.be->device_name, &r));
             if (step % cfg->train.log_interval == 0 || step == cfg->train.steps || stopped)
                 wan_info("step %d/%d loss %.6f grad_norm %.4f lr %.3g %.3fs %.0f tokens/s%s", step, cfg->train.steps, loss,
@@ -278,7 +289,6 @@ static int run(job *j, const wan_train_opts *opts) {
             break;
         }
     }
-    (void)saved_last;
     return stopped ? WAN_EXIT_REQUEUE : 0;
 }
 

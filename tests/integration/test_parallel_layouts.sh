@@ -82,6 +82,11 @@ layout27() { # like layout, against base27
 layout27 cp2-padded 2 --set parallel.cp=2
 layout27 cp2-tp2-sp-padded 4 --set parallel.cp=2 --set parallel.tp=2 --set parallel.sp=true
 
+# every rank sent exactly the bytes the parallel design predicts (bench/comm_volume.py)
+if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-padded,cp2-tp2-sp-padded} >"$T_TMP/volume" 2>&1; then
+    t_ok "bytes sent per step equal the design's prediction in every layout"
+else t_fail "communication volume differs from the design"; cat "$T_TMP/volume"; fi
+
 # the checkpoint of a multi-rank layout was written in pieces by several ranks
 pieces=$(grep -c '"file"' "$T_TMP/cp2-tp2/checkpoints/latest/meta.json")
 [ "$pieces" -gt 0 ] && ls "$T_TMP/cp2-tp2/checkpoints/latest/" | grep -q rank00003.bin &&
