@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -24,6 +25,24 @@ static int kind_index(const char *s) {
 }
 
 static int64_t box_volume(int ndim, const wan_box *b) { return wan_numel(ndim, b->shape); }
+
+/* Tests of the commit protocol (see ckpt.h): WAN_TEST_CKPT_PAUSE_MS=N sleeps N ms at each step
+ * of a save (or only at the step named by WAN_TEST_CKPT_PAUSE_AT), announcing it on stderr. */
+static void test_pause(const char *step) {
+    static int ms = -1;
+    static const char *only;
+    if (ms < 0) {
+        const char *e = getenv("WAN_TEST_CKPT_PAUSE_MS");
+        ms = e ? atoi(e) : 0;
+        if (ms < 0) ms = 0;
+        only = getenv("WAN_TEST_CKPT_PAUSE_AT");
+    }
+    if (!ms || (only && *only && strcmp(only, step))) return;
+    fprintf(stderr, "wan-test-ckpt-pause: %s\n", step);
+    fflush(stderr);
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
 
 /* Intersection of two boxes; false when empty. */
 static bool box_intersect(int ndim, const wan_box *a, const wan_box *b, wan_box *out) {
@@ -116,6 +135,7 @@ typedef struct {
     int64_t shape[WAN_MAX_DIMS];
     wan_box box;
     uint64_t offset, nbytes, xxh;
+    bool hashed; /* the checksum is known (reserved pieces get it later) */
 } piece_rec;
 
 struct wan_ckpt_writer {
@@ -143,12 +163,8 @@ int wan_ckpt_writer_begin(wan_ckpt_writer **out, const char *tmpdir, int rank) {
     return 0;
 }
 
-int wan_ckpt_writer_add(wan_ckpt_writer *w, const char *name, int kind, wan_dtype dt, int ndim, const int64_t *shape,
-                        const wan_box *box, const void *data) {
-    uint64_t nbytes = (uint64_t)box_volume(ndim, box) * wan_dtype_size(dt);
-    char path[WAN_PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s", w->dir, w->file);
-    WAN_TRY(wan_pwrite_full(w->fd, data, nbytes, w->off, path));
+static piece_rec *new_piece(wan_ckpt_writer *w, const char *name, int kind, wan_dtype dt, int ndim,
+                           const int64_t *shape, const wan_box *box) {
     if (w->n == w->cap) {
         w->cap = w->cap ? 2 * w->cap : 256;
         w->p = realloc(w->p, (size_t)w->cap * sizeof *w->p);
@@ -162,10 +178,42 @@ int wan_ckpt_writer_add(wan_ckpt_writer *w, const char *name, int kind, wan_dtyp
     memcpy(r->shape, shape, (size_t)ndim * sizeof *shape);
     r->box = *box;
     r->offset = w->off;
-    r->nbytes = nbytes;
+    r->nbytes = (uint64_t)box_volume(ndim, box) * wan_dtype_size(dt);
+    w->off += r->nbytes;
+    return r;
+}
+
+int wan_ckpt_writer_add(wan_ckpt_writer *w, const char *name, int kind, wan_dtype dt, int ndim, const int64_t *shape,
+                        const wan_box *box, const void *data) {
+    uint64_t nbytes = (uint64_t)box_volume(ndim, box) * wan_dtype_size(dt);
+    char path[WAN_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", w->dir, w->file);
+    WAN_TRY(wan_pwrite_full(w->fd, data, nbytes, w->off, path));
+    piece_rec *r = new_piece(w, name, kind, dt, ndim, shape, box);
     r->xxh = XXH3_64bits(data, nbytes);
-    w->off += nbytes;
+    r->hashed = true;
+    test_pause("piece");
     return 0;
+}
+
+int wan_ckpt_writer_reserve(wan_ckpt_writer *w, const char *name, int kind, wan_dtype dt, int ndim,
+                            const int64_t *shape, const wan_box *box, uint64_t *offset, int *index) {
+    piece_rec *r = new_piece(w, name, kind, dt, ndim, shape, box);
+    *offset = r->offset;
+    *index = w->n - 1;
+    return 0;
+}
+
+int wan_ckpt_writer_pwrite(wan_ckpt_writer *w, uint64_t offset, const void *data, size_t n) {
+    char path[WAN_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", w->dir, w->file);
+    return wan_pwrite_full(w->fd, data, n, offset, path);
+}
+
+void wan_ckpt_writer_set_xxh64(wan_ckpt_writer *w, int index, uint64_t xxh) {
+    WAN_ASSERT(index >= 0 && index < w->n);
+    w->p[index].xxh = xxh;
+    w->p[index].hashed = true;
 }
 
 static json_t *int_array(int n, const int64_t *v) {
@@ -178,7 +226,13 @@ int wan_ckpt_writer_end(wan_ckpt_writer *w) {
     char path[WAN_PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/%s", w->dir, w->file);
     int rc = 0;
-    if (fsync(w->fd) < 0) rc = wan_fail_errno(WAN_ERR_RUNTIME, "fsync %s", path);
+    for (int i = 0; i < w->n && !rc; i++)
+        if (!w->p[i].hashed)
+            rc = wan_fail(WAN_ERR_RUNTIME, "%s: the piece of %s (%s) was reserved but never completed", path, w->p[i].name,
+                          wan_ckpt_kind_names[w->p[i].kind]);
+    /* reserved pieces are written in any order: the file ends where the last piece ends */
+    if (!rc && ftruncate(w->fd, (off_t)w->off) < 0) rc = wan_fail_errno(WAN_ERR_RUNTIME, "resize %s", path);
+    if (!rc && fsync(w->fd) < 0) rc = wan_fail_errno(WAN_ERR_RUNTIME, "fsync %s", path);
     close(w->fd);
     w->fd = -1;
     if (!rc) {
@@ -213,6 +267,21 @@ void wan_ckpt_writer_abort(wan_ckpt_writer *w) {
 }
 
 /* ---------------------------------------------------------------- parsing pieces */
+
+/* json_load_file reads a character at a time; metadata of many ranks is parsed faster whole. */
+static json_t *load_json(const char *path, json_error_t *je) {
+    char *text = NULL;
+    size_t len = 0;
+    if (wan_read_file(path, &text, &len)) {
+        memset(je, 0, sizeof *je);
+        snprintf(je->text, sizeof je->text, "%s", wan_errmsg());
+        wan_error_clear();
+        return NULL;
+    }
+    json_t *j = json_loadb(text, len, 0, je);
+    free(text);
+    return j;
+}
 
 static int parse_ints(json_t *a, int max, int64_t *out, int *n, const char *what, const char *where) {
     if (!json_is_array(a) || (int)json_array_size(a) > max)
@@ -326,6 +395,12 @@ static int check_coverage(const wan_ckpt *c, const char *where) {
 /* ---------------------------------------------------------------- commit */
 
 int wan_ckpt_commit(const char *tmpdir, const char *finaldir, const wan_ckpt_meta *meta, bool update_latest) {
+    WAN_TRY(wan_ckpt_write_meta(tmpdir, meta));
+    return wan_ckpt_publish(tmpdir, finaldir, update_latest);
+}
+
+int wan_ckpt_write_meta(const char *tmpdir, const wan_ckpt_meta *meta) {
+    test_pause("pieces-done");
     wan_ckpt c;
     memset(&c, 0, sizeof c);
     int rc = 0;
@@ -334,7 +409,7 @@ int wan_ckpt_commit(const char *tmpdir, const char *finaldir, const wan_ckpt_met
         char path[WAN_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/rank%05d.json", tmpdir, r);
         json_error_t je;
-        json_t *arr = json_load_file(path, 0, &je);
+        json_t *arr = load_json(path, &je);
         if (!arr || !json_is_array(arr)) {
             rc = wan_fail(WAN_ERR_RUNTIME, "%s: missing or unreadable piece list of rank %d (%s)", path, r, je.text);
             json_decref(arr);
@@ -391,6 +466,11 @@ int wan_ckpt_commit(const char *tmpdir, const char *finaldir, const wan_ckpt_met
     free(c.fds);
     if (rc) return rc;
     WAN_TRY(wan_fsync_path(tmpdir));
+    test_pause("meta");
+    return 0;
+}
+
+int wan_ckpt_publish(const char *tmpdir, const char *finaldir, bool update_latest) {
     if (wan_path_exists(finaldir)) {
         /* the same step saved again (e.g. after a resume): the new one replaces it */
         char old[WAN_PATH_MAX + 32];
@@ -399,6 +479,7 @@ int wan_ckpt_commit(const char *tmpdir, const char *finaldir, const wan_ckpt_met
         WAN_TRY(wan_rename_durable(tmpdir, finaldir));
         WAN_TRY(wan_rm_rf(old));
     } else WAN_TRY(wan_rename_durable(tmpdir, finaldir));
+    test_pause("renamed");
     if (update_latest) {
         char root[WAN_PATH_MAX], link[WAN_PATH_MAX + 16];
         wan_dirname(finaldir, root, sizeof root);
@@ -406,6 +487,7 @@ int wan_ckpt_commit(const char *tmpdir, const char *finaldir, const wan_ckpt_met
         base = base ? base + 1 : finaldir;
         snprintf(link, sizeof link, "%s/latest", root);
         WAN_TRY(wan_symlink_atomic(base, link));
+        test_pause("latest");
     }
     return 0;
 }
@@ -460,7 +542,7 @@ int wan_ckpt_open(wan_ckpt *c, const char *path) {
     snprintf(c->dir, sizeof c->dir, "%s", dir);
     snprintf(meta, sizeof meta, "%s/meta.json", dir);
     json_error_t je;
-    json_t *root = json_load_file(meta, 0, &je);
+    json_t *root = load_json(meta, &je);
     if (!root) return wan_fail(WAN_ERR_RUNTIME, "%s:%d: not valid JSON (%s): truncated or corrupt", meta, je.line, je.text);
     int rc = 0;
     const char *fmt = json_string_value(json_object_get(root, "format"));
@@ -598,11 +680,62 @@ int wan_ckpt_read_box(wan_ckpt *c, const wan_ckpt_tensor *t, const wan_box *box,
     return 0;
 }
 
-int wan_ckpt_verify(wan_ckpt *c) {
-    for (int i = 0; i < c->nt; i++)
-        for (int k = 0; k < c->t[i].npieces; k++) {
-            const void *d;
-            WAN_TRY(load_piece(c, &c->t[i], k, &d));
-        }
+int wan_ckpt_fail_checksum(const wan_ckpt *c, const wan_ckpt_tensor *t, int k) {
+    const wan_ckpt_piece *p = &t->pieces[k];
+    return wan_fail(WAN_ERR_RUNTIME, "%s/%s: checksum mismatch in the piece of %s (%s) at offset %llu: corrupt checkpoint",
+                    c->dir, c->files[p->file], t->name, wan_ckpt_kind_names[t->kind], (unsigned long long)p->offset);
+}
+
+int wan_ckpt_open_files(wan_ckpt *c) {
+    for (int f = 0; f < c->nfiles; f++) {
+        if (c->fds[f] >= 0) continue;
+        char fp[2 * WAN_PATH_MAX];
+        snprintf(fp, sizeof fp, "%s/%s", c->dir, c->files[f]);
+        c->fds[f] = open(fp, O_RDONLY | O_CLOEXEC);
+        if (c->fds[f] < 0) return wan_fail_errno(WAN_ERR_RUNTIME, "open checkpoint data %s", fp);
+    }
     return 0;
+}
+
+int wan_ckpt_piece_pread(const wan_ckpt *c, const wan_ckpt_tensor *t, int k, uint64_t off, void *dst, size_t n) {
+    const wan_ckpt_piece *p = &t->pieces[k];
+    char fp[2 * WAN_PATH_MAX];
+    snprintf(fp, sizeof fp, "%s/%s", c->dir, c->files[p->file]);
+    if (c->fds[p->file] < 0) return wan_fail(WAN_ERR_RUNTIME, "%s: not opened (wan_ckpt_open_files)", fp);
+    if (off > p->nbytes || n > p->nbytes - off)
+        return wan_fail(WAN_ERR_RUNTIME, "%s: bytes [%llu, +%zu) outside the piece of %s (%s)", fp,
+                        (unsigned long long)off, n, t->name, wan_ckpt_kind_names[t->kind]);
+    return wan_pread_full(c->fds[p->file], dst, n, p->offset + off, fp);
+}
+
+int wan_ckpt_piece_xxh64(const wan_ckpt *c, const wan_ckpt_tensor *t, int k, void *buf, size_t cap, uint64_t *h) {
+    const wan_ckpt_piece *p = &t->pieces[k];
+    XXH3_state_t *st = XXH3_createState();
+    if (!st) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
+    XXH3_64bits_reset(st);
+    int rc = 0;
+    for (uint64_t off = 0; off < p->nbytes && !rc; off += cap) {
+        size_t n = p->nbytes - off < cap ? (size_t)(p->nbytes - off) : cap;
+        rc = wan_ckpt_piece_pread(c, t, k, off, buf, n);
+        if (!rc) XXH3_64bits_update(st, buf, n);
+    }
+    *h = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return rc;
+}
+
+int wan_ckpt_verify(wan_ckpt *c) {
+    WAN_TRY(wan_ckpt_open_files(c));
+    size_t cap = 8u << 20;
+    void *buf = malloc(cap);
+    if (!buf) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
+    int rc = 0;
+    for (int i = 0; i < c->nt && !rc; i++)
+        for (int k = 0; k < c->t[i].npieces && !rc; k++) {
+            uint64_t h;
+            rc = wan_ckpt_piece_xxh64(c, &c->t[i], k, buf, cap, &h);
+            if (!rc && h != c->t[i].pieces[k].xxh64) rc = wan_ckpt_fail_checksum(c, &c->t[i], k);
+        }
+    free(buf);
+    return rc;
 }

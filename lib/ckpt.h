@@ -82,8 +82,17 @@ const wan_ckpt_tensor *wan_ckpt_find(const wan_ckpt *c, const char *name, int ki
 /* Read the box of a tensor into dst (row-major box, converted to dt), verifying the checksum
  * of every piece it touches. */
 int wan_ckpt_read_box(wan_ckpt *c, const wan_ckpt_tensor *t, const wan_box *box, void *dst, wan_dtype dt);
-/* Read every piece and check its checksum. */
+/* Read every piece and check its checksum (streaming: memory does not grow with piece size). */
 int wan_ckpt_verify(wan_ckpt *c);
+/* Open every data file up front, so that the two functions below can run on many threads. */
+int wan_ckpt_open_files(wan_ckpt *c);
+/* Raw bytes [off, off + n) of piece k of tensor t, unchecked (the caller verifies the piece's
+ * checksum, e.g. with wan_ckpt_piece_xxh64 or by hashing what it reads). Thread-safe. */
+int wan_ckpt_piece_pread(const wan_ckpt *c, const wan_ckpt_tensor *t, int k, uint64_t off, void *dst, size_t n);
+/* XXH3-64 of piece k of tensor t, streamed through buf (cap bytes). Thread-safe. */
+int wan_ckpt_piece_xxh64(const wan_ckpt *c, const wan_ckpt_tensor *t, int k, void *buf, size_t cap, uint64_t *h);
+/* "path: checksum mismatch in the piece of NAME (KIND) at offset N: corrupt checkpoint" */
+int wan_ckpt_fail_checksum(const wan_ckpt *c, const wan_ckpt_tensor *t, int k);
 /* Resolve <root>/latest (or the newest complete step_* when latest is missing). */
 int wan_ckpt_latest(const char *root, char *out, size_t n);
 
@@ -98,6 +107,13 @@ int wan_ckpt_writer_begin(wan_ckpt_writer **w, const char *tmpdir, int rank);
 /* Append a piece: the box `box` of global tensor (name, kind, dtype, ndim, shape), data row-major. */
 int wan_ckpt_writer_add(wan_ckpt_writer *w, const char *name, int kind, wan_dtype dt, int ndim, const int64_t *shape,
                         const wan_box *box, const void *data);
+/* Streaming: reserve the place of a piece (offsets follow the order of calls, as with
+ * wan_ckpt_writer_add); its bytes come later through wan_ckpt_writer_pwrite, from any thread,
+ * and its checksum through wan_ckpt_writer_set_xxh64, all before wan_ckpt_writer_end. */
+int wan_ckpt_writer_reserve(wan_ckpt_writer *w, const char *name, int kind, wan_dtype dt, int ndim,
+                            const int64_t *shape, const wan_box *box, uint64_t *offset, int *index);
+int wan_ckpt_writer_pwrite(wan_ckpt_writer *w, uint64_t offset, const void *data, size_t n); /* thread-safe */
+void wan_ckpt_writer_set_xxh64(wan_ckpt_writer *w, int index, uint64_t xxh);
 /* fsync the data file and write the rank's piece list. */
 int wan_ckpt_writer_end(wan_ckpt_writer *w);
 void wan_ckpt_writer_abort(wan_ckpt_writer *w);
@@ -110,7 +126,16 @@ typedef struct {
     int nranks; /* rank piece lists to merge: rank00000.json .. */
 } wan_ckpt_meta;
 /* Rank 0 after every rank finished: merge the piece lists into meta.json (checking coverage),
- * rename tmpdir to finaldir, replace <root>/latest. */
+ * rename tmpdir to finaldir, replace <root>/latest. The same as wan_ckpt_write_meta followed by
+ * wan_ckpt_publish (wan-reshard reads the new checkpoint back in between). */
 int wan_ckpt_commit(const char *tmpdir, const char *finaldir, const wan_ckpt_meta *meta, bool update_latest);
+int wan_ckpt_write_meta(const char *tmpdir, const wan_ckpt_meta *meta);
+int wan_ckpt_publish(const char *tmpdir, const char *finaldir, bool update_latest);
+
+/* Tests of the commit protocol: with WAN_TEST_CKPT_PAUSE_MS=N in the environment, a save
+ * prints "wan-test-ckpt-pause: STEP" on stderr and sleeps N ms at each step, so that a test can
+ * kill it at any point: "piece" (after each piece), "pieces-done" (before meta.json),
+ * "meta" (meta.json durable), "renamed" (the directory has its final name), "latest" (the
+ * pointer replaced). WAN_TEST_CKPT_PAUSE_AT=STEP pauses at that step only. */
 
 #endif

@@ -5,31 +5,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckpt_layout.h"
 #include "error.h"
 #include "fsutil.h"
 #include "log.h"
 
-/* The pieces a rank stores: its tp slice of each tensor when it is the first of its dp x cp
- * replicas (replicated tensors: tp rank 0 only), and its ZeRO slice of the optimizer state. */
-static bool writes_model(const wan_model *m, const wan_param *p) {
+/* Which pieces this rank writes and loads comes from ckpt_layout.c, the function wan-reshard
+ * uses too, so a resharded checkpoint is what a run at that layout writes. */
+static int grid_position(const wan_model *m, const wan_optim *o, wan_grid_pos *g) {
     const wan_dist *d = m->dist;
-    return d->dp_rank == 0 && d->cp_rank == 0 && (p->shard != WAN_SHARD_NONE || d->tp_rank == 0);
-}
-
-static wan_box local_box(const wan_param *p) {
-    wan_box b;
-    memset(&b, 0, sizeof b);
-    memcpy(b.start, p->local_start, sizeof b.start);
-    memcpy(b.shape, p->local_shape, sizeof b.shape);
-    return b;
-}
-
-/* Boxes (global coordinates) of a segment [lo, hi) of the flat buffer inside parameter p. */
-static int segment_boxes(const wan_param *p, int64_t lo, int64_t hi, wan_box *out) {
-    int n = wan_flat_range_boxes(p->ndim, p->local_shape, lo - p->offset, hi - p->offset, out);
-    for (int i = 0; i < n; i++)
-        for (int d = 0; d < p->ndim; d++) out[i].start[d] += p->local_start[d];
-    return n;
+    wan_ckpt_layout L = {d->tp, d->cp, d->dp, d->pp, d->world, d->sp};
+    wan_layout_position(&L, d->rank, g);
+    int64_t lo, hi;
+    wan_layout_zero_range(&m->ps, g, &lo, &hi);
+    if (g->tp_rank != d->tp_rank || g->cp_rank != d->cp_rank || g->dp_rank != d->dp_rank || g->pp_rank != d->pp_rank ||
+        g->zero_size != d->dpcp_g.size || g->zero_rank != d->dpcp_g.rank || (o && (lo != o->lo || hi != o->hi)))
+        return wan_fail(WAN_ERR_RUNTIME, "rank %d: the process grid and the checkpoint layout disagree (a bug)", d->rank);
+    return 0;
 }
 
 int wan_ckpt_retain(const char *root, int keep_last, int keep_every) {
@@ -96,6 +88,8 @@ int wan_state_save(wan_model *m, wan_optim *o, const wan_config *cfg, int step, 
     float *opt = malloc(3 * ns * sizeof(float));
     wan_ckpt_writer *wr = NULL;
     if (!w || !opt) rc = wan_fail(WAN_ERR_RUNTIME, "out of host memory saving a checkpoint");
+    wan_grid_pos g;
+    if (!rc) rc = grid_position(m, o, &g);
     if (!rc) {
         be->download(be, w, m->w, n * psz);
         be->download(be, opt, o->master, ns * sizeof(float));
@@ -103,25 +97,9 @@ int wan_state_save(wan_model *m, wan_optim *o, const wan_config *cfg, int step, 
         be->download(be, opt + 2 * ns, o->mom2, ns * sizeof(float));
         rc = wan_ckpt_writer_begin(&wr, tmp, d->rank);
     }
-    for (int i = 0; i < m->ps.n && !rc; i++) {
-        const wan_param *p = &m->ps.p[i];
-        if (!p->present || !writes_model(m, p)) continue;
-        wan_box b = local_box(p);
-        rc = wan_ckpt_writer_add(wr, p->name, 0, be->param, p->ndim, p->shape, &b, w + (size_t)p->offset * psz);
-    }
-    for (int s = 0; s < o->nseg && !rc; s++) {
-        const wan_optim_segment *sg = &o->seg[s];
-        const wan_param *p = &m->ps.p[sg->param];
-        if (p->shard == WAN_SHARD_NONE && d->tp_rank != 0) continue;
-        wan_box boxes[2 * WAN_MAX_DIMS];
-        int nb = segment_boxes(p, sg->lo, sg->hi, boxes);
-        for (int kind = 1; kind <= 3 && !rc; kind++) {
-            const float *src = opt + (size_t)(kind - 1) * ns + (size_t)(sg->lo - o->lo);
-            for (int b = 0; b < nb && !rc; b++) {
-                rc = wan_ckpt_writer_add(wr, p->name, kind, WAN_F32, p->ndim, p->shape, &boxes[b], src);
-                src += wan_numel(p->ndim, boxes[b].shape);
-            }
-        }
+    if (!rc) {
+        const float *const slices[3] = {opt, opt + ns, opt + 2 * ns};
+        rc = wan_layout_write_rank(wr, &m->ps, &g, WAN_KINDS_ALL, be->param, w, slices);
     }
     if (wr) {
         if (rc) wan_ckpt_writer_abort(wr);
@@ -163,10 +141,16 @@ int wan_state_load(wan_model *m, wan_optim *o, const char *path, int *step, wan_
         rc = wan_fail(WAN_ERR_USAGE, "checkpoint %s is of a different model: %s (checkpoint vs this run)", c.dir, diff);
     wan_backend *be = m->be;
     size_t psz = wan_dtype_size(be->param), n = (size_t)m->ps.total;
+    wan_grid_pos g;
+    if (!rc) rc = grid_position(m, o, &g);
+    /* every piece this rank holds (not only those it writes) */
+    wan_layout_piece *pc = NULL;
+    int npc = 0;
+    if (!rc) rc = wan_layout_pieces(&m->ps, &g, o ? WAN_KINDS_ALL : WAN_KINDS_MODEL, true, &pc, &npc);
     char *w = rc ? NULL : calloc(n, psz);
-    for (int i = 0; i < m->ps.n && !rc; i++) {
-        const wan_param *p = &m->ps.p[i];
-        if (!p->present) continue;
+    for (int i = 0; i < npc && !rc; i++) {
+        if (pc[i].kind != 0) continue;
+        const wan_param *p = &m->ps.p[pc[i].param];
         const wan_ckpt_tensor *t = wan_ckpt_find(&c, p->name, 0);
         if (!t) {
             rc = wan_fail(WAN_ERR_RUNTIME, "checkpoint %s has no tensor %s", c.dir, p->name);
@@ -176,8 +160,7 @@ int wan_state_load(wan_model *m, wan_optim *o, const char *path, int *step, wan_
             rc = wan_fail(WAN_ERR_RUNTIME, "checkpoint %s: tensor %s has a different shape", c.dir, p->name);
             break;
         }
-        wan_box b = local_box(p);
-        rc = wan_ckpt_read_box(&c, t, &b, w + (size_t)p->offset * psz, be->param);
+        rc = wan_ckpt_read_box(&c, t, &pc[i].box, w + (size_t)pc[i].flat * psz, be->param);
     }
     if (!rc) be->upload(be, m->w, w, n * psz);
     free(w);
@@ -192,24 +175,17 @@ int wan_state_load(wan_model *m, wan_optim *o, const char *path, int *step, wan_
             o->step = 0;
         } else {
             float *opt = calloc(3 * ns, sizeof(float));
-            for (int s = 0; s < o->nseg && !rc; s++) {
-                const wan_optim_segment *sg = &o->seg[s];
-                const wan_param *p = &m->ps.p[sg->param];
-                wan_box boxes[2 * WAN_MAX_DIMS];
-                int nb = segment_boxes(p, sg->lo, sg->hi, boxes);
-                for (int kind = 1; kind <= 3 && !rc; kind++) {
-                    const wan_ckpt_tensor *t = wan_ckpt_find(&c, p->name, kind);
-                    if (!t) {
-                        rc = wan_fail(WAN_ERR_RUNTIME, "checkpoint %s has no %s state for %s", c.dir,
-                                      wan_ckpt_kind_names[kind], p->name);
-                        break;
-                    }
-                    float *dst = opt + (size_t)(kind - 1) * ns + (size_t)(sg->lo - o->lo);
-                    for (int b = 0; b < nb && !rc; b++) {
-                        rc = wan_ckpt_read_box(&c, t, &boxes[b], dst, WAN_F32);
-                        dst += wan_numel(p->ndim, boxes[b].shape);
-                    }
+            for (int i = 0; i < npc && !rc; i++) {
+                if (pc[i].kind == 0) continue;
+                const wan_param *p = &m->ps.p[pc[i].param];
+                const wan_ckpt_tensor *t = wan_ckpt_find(&c, p->name, pc[i].kind);
+                if (!t) {
+                    rc = wan_fail(WAN_ERR_RUNTIME, "checkpoint %s has no %s state for %s", c.dir,
+                                  wan_ckpt_kind_names[pc[i].kind], p->name);
+                    break;
                 }
+                float *dst = opt + (size_t)(pc[i].kind - 1) * ns + (size_t)(pc[i].flat - o->lo);
+                rc = wan_ckpt_read_box(&c, t, &pc[i].box, dst, WAN_F32);
             }
             if (!rc) {
                 be->upload(be, o->master, opt, ns * sizeof(float));
@@ -226,6 +202,7 @@ int wan_state_load(wan_model *m, wan_optim *o, const char *path, int *step, wan_
         wan_info("loaded checkpoint %s (step %d, written at tp %d cp %d dp %d pp %d%s)", c.dir, c.step, c.layout.tp,
                  c.layout.cp, c.layout.dp, c.layout.pp, has_opt ? "" : "; weights only: optimizer state starts fresh");
     }
+    free(pc);
     wan_ckpt_close(&c);
     return rc;
 }
