@@ -92,6 +92,8 @@ int wan_weights_import(const char *src, const char *dst, const wan_import_opts *
         wan_config d;
         wan_config_defaults(&d);
         d.model = m;
+        /* only the model's own constraints here: any latent the patch divides */
+        for (int i = 0; i < 3; i++) d.train.latent_shape[i] = m.patch_size[i];
         if (wan_config_validate(&d, 0)) rc = wan_error_context(WAN_ERR_RUNTIME, "%s: this model cannot be trained", cfgpath);
     }
     if (!rc) rc = wan_layout_check(&m, &o->layout);
