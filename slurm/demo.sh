@@ -22,16 +22,17 @@ step "2/6 wan-preprocess: sharded, zstd-compressed, checksummed dataset"
 "$BIN/wan-preprocess" "$OUT/raw/manifest.jsonl" -o "$OUT/dataset" --text-dim 32 --text-len 16
 "$BIN/wan-preprocess" stats "$OUT/dataset"
 
-TRAIN=(--config "$ROOT/configs/tiny.cfg" --set data.path="$OUT/dataset" --set train.ckpt_interval=10)
-step "3/6 wan-train: tiny model, 2 local ranks (data parallel, ZeRO-1), 30 steps"
-"$BIN/wan-train" "${TRAIN[@]}" --set train.run_dir="$OUT/run-dp2" --set train.steps=30 --nproc 2
+TRAIN=(--config "$ROOT/configs/tiny.cfg" --set data.path="$OUT/dataset" --set train.ckpt_interval=50)
+step "3/6 wan-train: tiny model, 2 local ranks (data parallel, ZeRO-1), 200 steps"
+"$BIN/wan-train" "${TRAIN[@]}" --set train.run_dir="$OUT/run-dp2" --set train.steps=200 --nproc 2
 
 step "4/6 wan-reshard: dp=2 checkpoint -> tp=2 layout (weights, fp32 masters, AdamW moments)"
 "$BIN/wan-reshard" convert --from "$OUT/run-dp2/checkpoints/latest" --to "$OUT/ckpt-tp2" --layout tp=2,dp=1
-"$BIN/wan-reshard" inspect "$OUT/ckpt-tp2" | head -n 12
+"$BIN/wan-reshard" inspect "$OUT/ckpt-tp2" >"$OUT/ckpt-tp2.txt"
+sed -n 1,11p "$OUT/ckpt-tp2.txt"
 
-step "5/6 wan-train: 10 more steps at tp=2 from the resharded checkpoint"
-"$BIN/wan-train" "${TRAIN[@]}" --set train.run_dir="$OUT/run-tp2" --set parallel.tp=2 --set train.steps=40 \
+step "5/6 wan-train: 50 more steps at tp=2 from the resharded checkpoint"
+"$BIN/wan-train" "${TRAIN[@]}" --set train.run_dir="$OUT/run-tp2" --set parallel.tp=2 --set train.steps=250 \
     --init-from "$OUT/ckpt-tp2" --nproc 2
 
 step "6/6 wan-report: throughput in the reference table's format, and plots"
