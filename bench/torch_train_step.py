@@ -31,28 +31,7 @@ c = {'dim': dim, 'ffn_dim': ffn, 'num_heads': heads, 'num_layers': layers, 'freq
 cfg = ref.Config(c)
 g = torch.Generator().manual_seed(0)
 P = {}
-D = dim
-shapes = {'patch_embedding.weight': [D, 16, 1, 2, 2], 'patch_embedding.bias': [D],
-          'text_embedding.0.weight': [D, 4096], 'text_embedding.0.bias': [D], 'text_embedding.2.weight': [D, D],
-          'text_embedding.2.bias': [D], 'time_embedding.0.weight': [D, 256], 'time_embedding.0.bias': [D],
-          'time_embedding.2.weight': [D, D], 'time_embedding.2.bias': [D], 'time_projection.1.weight': [6 * D, D],
-          'time_projection.1.bias': [6 * D], 'head.head.weight': [64, D], 'head.head.bias': [64],
-          'head.modulation': [1, 2, D]}
-for i in range(layers):
-    p = 'blocks.%d.' % i
-    shapes[p + 'modulation'] = [1, 6, D]
-    for a in ('self_attn', 'cross_attn'):
-        for x in 'qkvo':
-            shapes[p + a + '.' + x + '.weight'] = [D, D]
-            shapes[p + a + '.' + x + '.bias'] = [D]
-        shapes[p + a + '.norm_q.weight'] = [D]
-        shapes[p + a + '.norm_k.weight'] = [D]
-    shapes[p + 'norm3.weight'] = [D]
-    shapes[p + 'norm3.bias'] = [D]
-    shapes[p + 'ffn.0.weight'] = [ffn, D]
-    shapes[p + 'ffn.0.bias'] = [ffn]
-    shapes[p + 'ffn.2.weight'] = [D, ffn]
-    shapes[p + 'ffn.2.bias'] = [D]
+shapes = ref.param_shapes(c)
 for k, s in shapes.items():
     P[k] = (torch.randn(s, generator=g) * 0.02).requires_grad_(True)
 opt = torch.optim.AdamW(P.values(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)

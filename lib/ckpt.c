@@ -44,8 +44,8 @@ static void test_pause(const char *step) {
     nanosleep(&ts, NULL);
 }
 
-/* Intersection of two boxes; false when empty. */
-static bool box_intersect(int ndim, const wan_box *a, const wan_box *b, wan_box *out) {
+bool wan_box_intersect(int ndim, const wan_box *a, const wan_box *b, wan_box *out) {
+    memset(out, 0, sizeof *out);
     for (int d = 0; d < ndim; d++) {
         int64_t lo = a->start[d] > b->start[d] ? a->start[d] : b->start[d];
         int64_t ea = a->start[d] + a->shape[d], eb = b->start[d] + b->shape[d];
@@ -378,7 +378,7 @@ static int check_coverage(const wan_ckpt *c, const char *where) {
             vol += box_volume(t->ndim, &t->pieces[a].box);
             for (int b = a + 1; b < t->npieces; b++) {
                 wan_box x;
-                if (box_intersect(t->ndim, &t->pieces[a].box, &t->pieces[b].box, &x))
+                if (wan_box_intersect(t->ndim, &t->pieces[a].box, &t->pieces[b].box, &x))
                     return wan_fail(WAN_ERR_RUNTIME, "%s: tensor %s (%s): pieces in %s and %s overlap", where, t->name,
                                     wan_ckpt_kind_names[t->kind], c->files[t->pieces[a].file],
                                     c->files[t->pieces[b].file]);
@@ -668,7 +668,7 @@ int wan_ckpt_read_box(wan_ckpt *c, const wan_ckpt_tensor *t, const wan_box *box,
     int64_t covered = 0;
     for (int k = 0; k < t->npieces; k++) {
         wan_box x;
-        if (!box_intersect(t->ndim, &t->pieces[k].box, box, &x)) continue;
+        if (!wan_box_intersect(t->ndim, &t->pieces[k].box, box, &x)) continue;
         const void *data;
         WAN_TRY(load_piece(c, t, k, &data));
         copy_box(t->ndim, &x, &t->pieces[k].box, data, t->dtype, box, dst, dt);

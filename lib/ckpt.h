@@ -96,6 +96,9 @@ int wan_ckpt_fail_checksum(const wan_ckpt *c, const wan_ckpt_tensor *t, int k);
 /* Resolve <root>/latest (or the newest complete step_* when latest is missing). */
 int wan_ckpt_latest(const char *root, char *out, size_t n);
 
+/* Intersection of two boxes (zero-filled beyond ndim); false when empty. */
+bool wan_box_intersect(int ndim, const wan_box *a, const wan_box *b, wan_box *out);
+
 /* Boxes covering the flat range [a, b) of a tensor piece of shape `shape` (row-major), in
  * order; at most 2 * ndim - 1. Offsets are relative to the piece. */
 int wan_flat_range_boxes(int ndim, const int64_t *shape, int64_t a, int64_t b, wan_box *out);

@@ -62,21 +62,11 @@ static inline int cpu_tok_sample_end(wan_tokens tk, int i) {
  * polynomial, within 2 ulp of exp over the normal range. Below -88 it returns 0 (the exact
  * value is subnormal), above 88 +inf, NaN stays NaN. Branch-free (bit masks) so that loops
  * marked `omp simd` vectorize. */
-static inline uint32_t cpu_f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static inline float cpu_bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 static inline float cpu_expf(float x) {
-    uint32_t xb = cpu_f32_bits(x);
+    uint32_t xb = wan_f32_bits(x);
     int32_t ax = (int32_t)(xb & 0x7fffffffu);
     uint32_t out_of_range = 0u - (uint32_t)(ax > 0x42b00000);             /* |x| > 88 or NaN */
-    float xr = cpu_bits_f32(xb & ~out_of_range);                          /* 0 there: keeps n in range */
+    float xr = wan_bits_f32(xb & ~out_of_range);                          /* 0 there: keeps n in range */
     float n = (xr * 1.44269504088896341f + 12582912.0f) - 12582912.0f;    /* round(x / ln2) */
     float r = xr - n * 0.693145751953125f - n * 1.428606820309417232e-6f; /* ln2 in two parts */
     float p = 1.0f / 5040.0f;
@@ -88,16 +78,16 @@ static inline float cpu_expf(float x) {
     p = p * r + 1.0f;
     p = p * r + 1.0f;
     uint32_t two_n = (uint32_t)((int32_t)n + 127) << 23;
-    uint32_t y = cpu_f32_bits(p * cpu_bits_f32(two_n));
+    uint32_t y = wan_f32_bits(p * wan_bits_f32(two_n));
     uint32_t is_nan = 0u - (uint32_t)(ax > 0x7f800000);
     uint32_t positive = (xb >> 31) - 1u;
     uint32_t limit = (xb & is_nan) | (0x7f800000u & positive & ~is_nan); /* NaN, +inf or 0 */
-    return cpu_bits_f32((y & ~out_of_range) | (limit & out_of_range));
+    return wan_bits_f32((y & ~out_of_range) | (limit & out_of_range));
 }
 
 /* a where mask bits are set, else b (branch-free, for vectorized loops) */
 static inline float cpu_select(uint32_t mask, float a, float b) {
-    return cpu_bits_f32((cpu_f32_bits(a) & mask) | (cpu_f32_bits(b) & ~mask));
+    return wan_bits_f32((wan_f32_bits(a) & mask) | (wan_f32_bits(b) & ~mask));
 }
 
 /* Logistic sigmoid and 1 - sigmoid without cancellation or overflow: t = exp(-|x|) <= 1,
@@ -105,7 +95,7 @@ static inline float cpu_select(uint32_t mask, float a, float b) {
 static inline void cpu_sigmoid2(float x, float *sig, float *one_minus_sig) {
     float t = cpu_expf(-fabsf(x));
     float big = 1.0f / (1.0f + t), small = t * big;
-    uint32_t nonneg = (cpu_f32_bits(x) >> 31) - 1u;
+    uint32_t nonneg = (wan_f32_bits(x) >> 31) - 1u;
     *sig = cpu_select(nonneg, big, small);
     *one_minus_sig = cpu_select(nonneg, small, big);
 }

@@ -213,19 +213,6 @@ static uint64_t box_bytes(int ndim, const wan_box *b, wan_dtype dt) {
     return (uint64_t)wan_numel(ndim, b->shape) * wan_dtype_size(dt);
 }
 
-static bool intersect(int ndim, const wan_box *a, const wan_box *b, wan_box *out) {
-    memset(out, 0, sizeof *out);
-    for (int d = 0; d < ndim; d++) {
-        int64_t lo = a->start[d] > b->start[d] ? a->start[d] : b->start[d];
-        int64_t ea = a->start[d] + a->shape[d], eb = b->start[d] + b->shape[d];
-        int64_t hi = ea < eb ? ea : eb;
-        if (hi <= lo) return false;
-        out->start[d] = lo;
-        out->shape[d] = hi - lo;
-    }
-    return true;
-}
-
 /* Feed bytes [off, off + n) of a source box to its checksum when they continue what was hashed. */
 static void feed(copy_job *j, int hi, uint64_t off, const void *data, uint64_t n) {
     src_hash *h = &j->h[hi];
@@ -359,7 +346,7 @@ static int copy_target(void *ctx, int thread, int item) {
             for (int dd = 0; dd < t->ndim; dd++) boxes[i].start[dd] += d->box.start[dd];
             for (int k = 0; k < t->nsrc && !rc; k++) {
                 wan_box x;
-                if (!intersect(t->ndim, &boxes[i], &t->src[k].box, &x)) continue;
+                if (!wan_box_intersect(t->ndim, &boxes[i], &t->src[k].box, &x)) continue;
                 rc = gather(j, t, &t->src[k], j->src_base[d->tensor] + k, &x, d, a, chunk, staging, batch);
                 covered += wan_numel(t->ndim, x.shape);
             }

@@ -31,34 +31,6 @@ def report(ok, name, detail=''):
     sys.stdout.flush()
 
 
-def param_shapes(c):
-    D, F, pv = c['dim'], c['ffn_dim'], c['patch_size'][0] * c['patch_size'][1] * c['patch_size'][2]
-    s = {'patch_embedding.weight': [D, c['in_dim']] + list(c['patch_size']), 'patch_embedding.bias': [D],
-         'text_embedding.0.weight': [D, c['text_dim']], 'text_embedding.0.bias': [D],
-         'text_embedding.2.weight': [D, D], 'text_embedding.2.bias': [D],
-         'time_embedding.0.weight': [D, c['freq_dim']], 'time_embedding.0.bias': [D],
-         'time_embedding.2.weight': [D, D], 'time_embedding.2.bias': [D],
-         'time_projection.1.weight': [6 * D, D], 'time_projection.1.bias': [6 * D],
-         'head.head.weight': [c['out_dim'] * pv, D], 'head.head.bias': [c['out_dim'] * pv],
-         'head.modulation': [1, 2, D]}
-    for i in range(c['num_layers']):
-        p = 'blocks.%d.' % i
-        s[p + 'modulation'] = [1, 6, D]
-        for a in ('self_attn', 'cross_attn'):
-            for x in 'qkvo':
-                s[p + a + '.' + x + '.weight'] = [D, D]
-                s[p + a + '.' + x + '.bias'] = [D]
-            s[p + a + '.norm_q.weight'] = [D]
-            s[p + a + '.norm_k.weight'] = [D]
-        s[p + 'norm3.weight'] = [D]
-        s[p + 'norm3.bias'] = [D]
-        s[p + 'ffn.0.weight'] = [F, D]
-        s[p + 'ffn.0.bias'] = [F]
-        s[p + 'ffn.2.weight'] = [D, F]
-        s[p + 'ffn.2.bias'] = [D]
-    return s
-
-
 def rel_err(a, b):
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
@@ -66,7 +38,7 @@ def rel_err(a, b):
 
 def run_case(name, c, B, lat_shape, seed):
     rng = np.random.default_rng(seed)
-    shapes = param_shapes(c)
+    shapes = ref.param_shapes(c)
     weights = {}
     for k, shp in shapes.items():
         fan = shp[-1] if len(shp) > 1 else 1
