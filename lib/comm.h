@@ -26,7 +26,14 @@ typedef struct wan_group {
     int index;      /* which group of that kind (for messages: "tp[3]") */
     int size, rank; /* members, and this rank's place among them */
     int ranks[1024]; /* world ranks of the members in group order */
-    uint64_t bytes_sent; /* logical bytes this rank sent in this group (ring-algorithm volume) */
+    /* Logical bytes this rank sent in this group, counted by the wan_* wrappers as the ring
+     * algorithm would send them, whatever the transport really does (B = n * element size,
+     * p = size; nothing on groups of one, on n = 0 or on failure):
+     *   allreduce 2 (p-1) B / p (rounded down) | reduce_scatter (p-1) B (B = one member's chunk)
+     *   allgather (p-1) B (B = one member's part) | broadcast B, except the root's ring
+     *   predecessor (member root-1 mod p), which sends nothing | sendrecv B (0 when to == rank)
+     *   send B | recv 0 | barrier 0 */
+    uint64_t bytes_sent;
     void *impl;
 } wan_group;
 
@@ -45,10 +52,15 @@ typedef struct wan_comm_ops {
     int (*send)(wan_group *g, const void *buf, size_t n, wan_dtype dt, int peer);
     int (*recv)(wan_group *g, void *buf, size_t n, wan_dtype dt, int peer);
     int (*barrier)(wan_group *g);
-    /* Group of the given world ranks (rank order as listed); collective over the world.
-     * Called once per group at start-up. */
+    /* Group of the given world ranks (rank order as listed). Called at start-up by every rank
+     * once per kind of group, for the group of that kind it belongs to, the kinds in the same
+     * order on every rank (as dist.c does). The CPU transport also accepts a rank that is not
+     * listed: it gets rank -1 and a handle it must not use. */
     int (*make_group)(wan_comm *c, wan_group *g, const char *name, int index, const int *ranks, int size);
     void (*destroy)(wan_comm *c);
+    /* Optional: this rank gives up (a fatal error outside the communicator): the other ranks'
+     * current and later calls fail promptly with "rank R aborted: why". */
+    void (*abort)(wan_comm *c, const char *why);
 } wan_comm_ops;
 
 struct wan_comm {
@@ -68,5 +80,8 @@ int wan_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, s
 int wan_send(wan_group *g, const void *buf, size_t n, wan_dtype dt, int peer);
 int wan_recv(wan_group *g, void *buf, size_t n, wan_dtype dt, int peer);
 int wan_barrier(wan_group *g);
+/* Tell the other ranks this one is failing (before exiting non-zero); no-op when c is NULL or
+ * the transport has no abort. */
+void wan_comm_abort(wan_comm *c, const char *why);
 
 #endif
