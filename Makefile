@@ -62,15 +62,21 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 .PHONY: all deps test test-unit test-gpu bench-gpu demo demo-slurm clean tests bench-bins
 all: $(PROGRAMS)
 
-$(LIBWAN): $(LIB_OBJ) $(CUDA_OBJ)
-	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+# Objects of a CUDA=1 and a CUDA=0 build differ (-DWAN_CUDA): switching variants in one build
+# directory rebuilds everything instead of mixing them.
+VARIANT := $(BUILD)/.variant-cuda$(CUDA)
+$(VARIANT):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/.variant-cuda* && touch $@
 
-$(BUILD)/%.o: %.c
+$(LIBWAN): $(LIB_OBJ) $(CUDA_OBJ) $(VARIANT)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
+
+$(BUILD)/%.o: %.c $(VARIANT)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu
+$(BUILD)/%.o: %.cu $(VARIANT)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 

@@ -307,6 +307,8 @@ int wan_train_main(const wan_train_opts *opts) {
     job *j = calloc(1, sizeof *j);
     int rc = setup(j, opts);
     if (!rc) rc = run(j, opts);
+    /* a failure outside a collective: tell the other ranks now instead of at their timeout */
+    if (rc && rc != WAN_EXIT_REQUEUE && j->rt.comm) wan_comm_abort(j->rt.comm, wan_errmsg());
     teardown(j);
     free(j);
     return rc;
