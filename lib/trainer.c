@@ -237,7 +237,6 @@ static int run(job *j, const wan_train_opts *opts) {
         fprintf(stderr, "resolved configuration:\n");
         wan_config_write(cfg, stderr);
     }
-    install_signals();
     int64_t tokens_per_sample = 0;
     bool stopped = false;
     for (int step = start_step + 1; step <= cfg->train.steps; step++) {
@@ -286,6 +285,9 @@ static int run(job *j, const wan_train_opts *opts) {
         if (stopped) {
             if (j->rt.boot.rank == 0)
                 wan_info("stopped by signal after step %d: checkpoint saved, exit %d to requeue", step, WAN_EXIT_REQUEUE);
+            /* under srun --kill-on-bad-exit the first rank to exit 75 ends the step: nobody
+             * leaves before rank 0 has logged this step */
+            WAN_TRY(wan_barrier(&j->rt.comm->world));
             break;
         }
     }
@@ -304,6 +306,9 @@ static void teardown(job *j) {
 }
 
 int wan_train_main(const wan_train_opts *opts) {
+    /* from the start: a stop request during set-up or a long checkpoint load is honoured
+     * after the first step */
+    install_signals();
     job *j = calloc(1, sizeof *j);
     int rc = setup(j, opts);
     if (!rc) rc = run(j, opts);

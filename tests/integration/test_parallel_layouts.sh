@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every parallel layout trains the tiny model exactly like the single process: losses per step
 # and the state after the last step (weights, fp32 masters, both AdamW moments) within 1e-5
-# relative. Ranks are local processes (--nproc); test_slurm_layouts.sh runs them under srun.
+# relative. Ranks are local processes (--nproc); test_layouts_srun.sh runs them under srun.
 source "$(dirname "$0")/../lib.sh"
 t_tmpdir
 CMP=$ROOT/build/tests/tools/ckpt_compare
