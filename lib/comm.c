@@ -2,6 +2,9 @@
  * groups of one (or n = 0), and bytes_sent counted as the ring algorithm would send (comm.h). */
 #include "comm.h"
 
+#include <stdio.h>
+#include <string.h>
+
 #include "error.h"
 
 static int usable(wan_group *g, const char *op) {
@@ -91,4 +94,27 @@ int wan_barrier(wan_group *g) {
 
 void wan_comm_abort(wan_comm *c, const char *why) {
     if (c && c->ops && c->ops->abort) c->ops->abort(c, why ? why : "(no reason given)");
+}
+
+int wan_group_init(wan_group *g, wan_comm *c, const char *name, int index, const int *ranks, int size) {
+    memset(g, 0, sizeof *g);
+    g->comm = c;
+    snprintf(g->name, sizeof g->name, "%s", name);
+    g->index = index;
+    g->size = size;
+    g->rank = -1;
+    if (size < 1 || size > c->size || size > (int)(sizeof g->ranks / sizeof g->ranks[0]))
+        return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: %d members, expected 1..%d", name, index, size, c->size);
+    if (index < 0) return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: negative index", name, index);
+    for (int i = 0; i < size; i++) {
+        if (ranks[i] < 0 || ranks[i] >= c->size)
+            return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: member %d is rank %d, outside 0..%d", name, index, i,
+                            ranks[i], c->size - 1);
+        for (int j = 0; j < i; j++)
+            if (ranks[j] == ranks[i])
+                return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: rank %d listed twice", name, index, ranks[i]);
+        g->ranks[i] = ranks[i];
+        if (ranks[i] == c->rank) g->rank = i;
+    }
+    return 0;
 }

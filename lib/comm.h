@@ -71,6 +71,10 @@ struct wan_comm {
     void *impl;
 };
 
+/* For transports' make_group: fill g's common fields (name, index, size, members, this rank's
+ * place: -1 when not a member) after checking the member list. */
+int wan_group_init(wan_group *g, wan_comm *c, const char *name, int index, const int *ranks, int size);
+
 /* Convenience wrappers that account bytes_sent and skip work on groups of one. */
 int wan_allreduce(wan_group *g, void *buf, size_t n, wan_dtype dt, wan_redop op);
 int wan_reduce_scatter(wan_group *g, void *recv, const void *send, size_t n, wan_dtype dt);

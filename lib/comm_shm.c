@@ -585,24 +585,7 @@ static void list_ranks(char *buf, size_t cap, const int *r, int n) {
 
 static int shm_make_group(wan_comm *c, wan_group *g, const char *name, int index, const int *ranks, int size) {
     shm_comm *sc = c->impl;
-    memset(g, 0, sizeof *g);
-    g->comm = c;
-    snprintf(g->name, sizeof g->name, "%s", name);
-    g->index = index;
-    g->size = size;
-    g->rank = -1;
-    if (size < 1 || size > c->size || size > (int)(sizeof g->ranks / sizeof *g->ranks))
-        return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: %d members, expected 1..%d", name, index, size, c->size);
-    for (int i = 0; i < size; i++) {
-        if (ranks[i] < 0 || ranks[i] >= c->size)
-            return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: member %d is rank %d, outside 0..%d", name, index, i,
-                            ranks[i], c->size - 1);
-        for (int j = 0; j < i; j++)
-            if (ranks[j] == ranks[i])
-                return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: rank %d listed twice", name, index, ranks[i]);
-        g->ranks[i] = ranks[i];
-        if (ranks[i] == c->rank) g->rank = i;
-    }
+    WAN_TRY(wan_group_init(g, c, name, index, ranks, size));
     if (g->rank < 0) return 0; /* not a member: the handle stays unusable */
     shm_group *sg = calloc(1, sizeof *sg);
     if (!sg) return wan_fail(WAN_ERR_RUNTIME, "make_group: out of memory");

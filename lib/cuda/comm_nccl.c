@@ -230,25 +230,7 @@ static int nccl_barrier(wan_group *g) {
 
 static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int index, const int *ranks, int size) {
     nccl_impl *ni = impl_of(c);
-    memset(g, 0, sizeof *g);
-    g->comm = c;
-    snprintf(g->name, sizeof g->name, "%s", name);
-    g->index = index;
-    g->size = size;
-    g->rank = -1;
-    if (size < 1 || size > c->size || size > (int)(sizeof g->ranks / sizeof g->ranks[0]))
-        return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: %d members, expected 1..%d", name, index, size, c->size);
-    if (index < 0) return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: negative index", name, index);
-    for (int i = 0; i < size; i++) {
-        if (ranks[i] < 0 || ranks[i] >= c->size)
-            return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: member %d is rank %d, outside 0..%d", name, index, i,
-                            ranks[i], c->size - 1);
-        for (int j = 0; j < i; j++)
-            if (ranks[j] == ranks[i])
-                return wan_fail(WAN_ERR_USAGE, "make_group %s[%d]: rank %d listed twice", name, index, ranks[i]);
-        g->ranks[i] = ranks[i];
-        if (ranks[i] == c->rank) g->rank = i;
-    }
+    WAN_TRY(wan_group_init(g, c, name, index, ranks, size));
     if (ni->poisoned)
         return wan_fail(WAN_ERR_RUNTIME, "make_group %s[%d]: the transport failed earlier: %s", name, index, ni->why);
     if (ni->ncomms >= WAN_NCCL_MAX_COMMS || ni->ngroups >= WAN_NCCL_MAX_COMMS)
