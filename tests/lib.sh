@@ -12,3 +12,29 @@ t_check() { local name=$1; shift; if "$@"; then t_ok "$name"; else t_fail "$name
 t_summary() { echo "$T_PASSED passed, $T_FAILED failed"; [ "$T_FAILED" = 0 ]; }
 # A private scratch directory removed at exit.
 t_tmpdir() { T_TMP=$(mktemp -d "${TMPDIR:-/tmp}/wan-test.XXXXXX"); trap 'rm -rf "$T_TMP"' EXIT; }
+
+# ---- layout equivalence (test_parallel_layouts.sh, test_layouts_srun.sh) ----
+# t_same_losses A B: runs A and B logged the same steps, every loss within 1e-5 relative.
+t_same_losses() {
+    /usr/bin/python3 - "$1" "$2" <<'PYEOF'
+import json, sys
+def read(d):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(d + "/steps.jsonl")) if r["type"] == "step"}
+a, b = read(sys.argv[1]), read(sys.argv[2])
+ok = sorted(a) == sorted(b) and len(a) > 0
+worst = max((abs(a[s] - b[s]) / abs(a[s]) for s in a if s in b), default=1.0)
+print("  losses of %d steps, worst relative difference %.2e" % (len(a), worst))
+sys.exit(0 if ok and worst <= 1e-5 else 1)
+PYEOF
+}
+# t_same_state NAME BASE_RUN RUN: the latest checkpoints of two runs hold the same state:
+# weights and fp32 masters within 1e-5. The moments are (squared) gradients of norms and
+# biases summed over tokens with cancellation, split differently by each layout: their fp32
+# rounding differs by a few 1e-6 relative, doubled for the second moment: 3e-5 and 6e-5.
+t_same_state() {
+    local cmp=$ROOT/build/tests/tools/ckpt_compare a=$2/checkpoints/latest b=$3/checkpoints/latest
+    if "$cmp" "$a" "$b" --kinds model,master --tol 1e-5 && "$cmp" "$a" "$b" --kinds adam_m --tol 3e-5 &&
+        "$cmp" "$a" "$b" --kinds adam_v --tol 6e-5; then
+        t_ok "$1: weights, masters and moments match"
+    else t_fail "$1: weights, masters and moments differ"; fi
+}

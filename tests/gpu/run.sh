@@ -7,8 +7,8 @@
 #   3. cuDNN attention graphs up to execution plans (test_cudnn_graph, with the GPU)
 #   4. the NCCL transport: one rank per GPU, every collective; with two GPUs or more also a hung
 #      rank that the others must report within the timeout
-#   5. [hook] the whole tiny model's loss and gradients against the CPU backend, and ten training
-#      steps whose losses follow the CPU run: build/tests/tools/gpu_model_check, when it exists
+#   5. the whole model's loss and gradients against the CPU backend, and ten training steps whose
+#      losses follow the CPU run (build/tests/tools/gpu_model_check); the model under memcheck
 # Logs go to build/test-gpu/. WAN_TEST_GPU_STRICT=1 makes a missing check (step 5 before the
 # model check exists, step 2 without compute-sanitizer) a failure.
 set -u
@@ -95,16 +95,34 @@ if [ "$ngpu" -ge 2 ]; then
     fi
 fi
 
-# ---- 5. HOOK: the whole model (needs the model-level checker; see the header)
+# ---- 5. the whole model (tests/tools/gpu_model_check.c): the tiny model (configs/tiny.cfg dims)
+# and one with head_dim 128, same weights and inputs on both backends: loss, prediction and every
+# parameter gradient (a table of the worst tensors), a second micro-batch accumulated, then ten
+# training steps (model + AdamW) whose losses and gradient norms must follow the CPU run; then the
+# tiny model's forward, backward and optimizer steps under compute-sanitizer memcheck.
 if [ -x "$TOOLS/gpu_model_check" ]; then
-    echo "== gpu_model_check (tiny model vs CPU; ten training steps)"
+    echo "== gpu_model_check (whole model vs CPU; ten training steps)"
     if timeout 1800 "$TOOLS/gpu_model_check" 2>&1 | tee "$LOGS/model_check.log"; then
-        record "whole model vs CPU (gpu_model_check)" ok "$(tail -n1 "$LOGS/model_check.log")"
+        record "whole model vs CPU (gpu_model_check)" ok "$(tail -n1 "$LOGS/model_check.log" | cut -c1-100)"
     else
         record "whole model vs CPU (gpu_model_check)" FAIL "see $LOGS/model_check.log"
     fi
+    if [ -n "$sanitizer" ]; then
+        echo "== compute-sanitizer memcheck (gpu_model_check --case tiny --steps 2)"
+        timeout 1800 "$sanitizer" --tool memcheck --error-exitcode 99 --print-limit 20 \
+            "$TOOLS/gpu_model_check" --case tiny --steps 2 >"$LOGS/model_memcheck.log" 2>&1
+        rc=$?
+        tail -n 3 "$LOGS/model_memcheck.log"
+        if [ $rc = 0 ] && grep -q 'ERROR SUMMARY: 0 errors' "$LOGS/model_memcheck.log"; then
+            record "whole model under memcheck" ok "0 errors"
+        else
+            record "whole model under memcheck" FAIL "exit $rc, see $LOGS/model_memcheck.log"
+        fi
+    else
+        record "whole model under memcheck" MISSING "compute-sanitizer not found"
+    fi
 else
-    record "whole model vs CPU (gpu_model_check)" MISSING "tests/tools/gpu_model_check.c not written yet"
+    record "whole model vs CPU (gpu_model_check)" MISSING "$TOOLS/gpu_model_check is not built"
 fi
 
 echo

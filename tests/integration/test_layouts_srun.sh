@@ -16,28 +16,7 @@ STEPS=5
 COMMON=(--set "train.steps=$STEPS" --set train.gbs=6 --set train.mbs=1 --set train.optimizer.lr=3e-3
         --set train.optimizer.weight_decay=0.01 --set train.threads=1 --set train.comm_timeout=60)
 
-same_losses() { # a b: the same steps, every loss within 1e-5 relative
-    /usr/bin/python3 - "$1" "$2" <<'EOF'
-import json, sys
-def read(d):
-    return {r["step"]: r["loss"] for r in map(json.loads, open(d + "/steps.jsonl")) if r["type"] == "step"}
-a, b = read(sys.argv[1]), read(sys.argv[2])
-ok = sorted(a) == sorted(b) and len(a) > 0
-worst = max((abs(a[s] - b[s]) / abs(a[s]) for s in a if s in b), default=1.0)
-print("  losses of %d steps, worst relative difference %.2e" % (len(a), worst))
-sys.exit(0 if ok and worst <= 1e-5 else 1)
-EOF
-}
 
-# tolerances as test_parallel_layouts.sh: weights and masters 1e-5; the moments carry the
-# layout-dependent rounding of summed (squared) gradients: 3e-5 and 6e-5
-same_state() { # name
-    local a=$T_TMP/base/checkpoints/latest b=$T_TMP/$1/checkpoints/latest
-    if "$CMP" "$a" "$b" --kinds model,master --tol 1e-5 && "$CMP" "$a" "$b" --kinds adam_m --tol 3e-5 &&
-        "$CMP" "$a" "$b" --kinds adam_v --tol 6e-5; then
-        t_ok "$1: weights, masters and moments match"
-    else t_fail "$1: weights, masters and moments differ"; fi
-}
 
 # the single-process reference, without Slurm
 "$BIN/wan-train" "${COMMON[@]}" --set train.run_dir="$T_TMP/base" >"$T_TMP/base.log" 2>&1 ||
@@ -59,8 +38,8 @@ layout() { # name ntasks overrides...
         pieces=("$T_TMP/$name"/checkpoints/latest/rank*.bin) && [ ${#pieces[@]} = "$n" ]; then
         t_ok "$name: $n ranks from srun's PMI2"
     else t_fail "$name: not $n PMI2 ranks"; tail -3 "$T_TMP/$name.log"; fi
-    t_check "$name: losses match the single process" same_losses "$T_TMP/base" "$T_TMP/$name"
-    same_state "$name"
+    t_check "$name: losses match the single process" t_same_losses "$T_TMP/base" "$T_TMP/$name"
+    t_same_state "$name" "$T_TMP/base" "$T_TMP/$name"
 }
 
 layout dp2 2
