@@ -101,7 +101,8 @@ $(BUILD)/bench/%: bench/%.c $(LIBWAN)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) $< $(LIBWAN) -o $@ $(LDLIBS)
 
-tests: $(PROGRAMS) $(TEST_BIN) $(TEST_TOOL_BIN)
+# benchmarks are built with the tests so that CI compiles them too
+tests: $(PROGRAMS) $(TEST_BIN) $(TEST_TOOL_BIN) $(BENCH_BIN)
 bench-bins: $(PROGRAMS) $(BENCH_BIN)
 
 # Debian packages for the build, the tests (PyTorch reference, local Slurm cluster) and the demo.
@@ -125,13 +126,12 @@ test:
 	@$(MAKE) --no-print-directory tests
 	@tests/run.sh $(TESTS)
 
+# GPU machines often have no package mirror: these two only build (run make deps beforehand).
 test-gpu:
-	@$(MAKE) --no-print-directory deps
 	@$(MAKE) --no-print-directory tests
 	@tests/gpu/run.sh
 
 bench-gpu:
-	@$(MAKE) --no-print-directory deps
 	@$(MAKE) --no-print-directory bench-bins
 	@bench/gpu.sh
 

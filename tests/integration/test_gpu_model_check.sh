@@ -89,4 +89,59 @@ if [ -z "$have_gpu" ]; then
         t_fail "without a GPU: exit $rc: $err"
     fi
 fi
+# ---- the benchmark's CPU stand-ins (bench/gpu.sh's whole-model part): gpu_model's probe, fit,
+# out-of-memory retry, per-op shim and tables on the CPU backend (built by `make bench-bins`), and
+# the PyTorch baseline: the same model as tests/python/wan_reference.py, and its timing loop
+GM=$ROOT/build/bench/gpu_model
+if [ -x "$GM" ]; then
+    timeout 300 "$GM" --cpu-twin --threads 1 --steps 2 --warmup 1 --fit-extra 1 --json "$T_TMP/gm.json" \
+        >"$T_TMP/gm.log" 2>&1
+    rc=$?
+    fit=$(sed -n 's/.*-> \([0-9]*\) layers (at most.*/\1/p' "$T_TMP/gm.log")
+    if [ $rc = 0 ] && [ -n "$fit" ] && grep -q "the run with $fit layers was killed by signal 6" "$T_TMP/gm.log" &&
+        grep -q "^| 14B-width block stack | $((fit - 1)) (fit: $fit) |" "$T_TMP/gm.log" &&
+        grep -q '^| Wan 2.1 1.3B model | 3 |' "$T_TMP/gm.log" && grep -q '^| matmul_fwd ' "$T_TMP/gm.log" &&
+        grep -q '^By kind: matmul' "$T_TMP/gm.log"; then
+        t_ok "gpu_model --cpu-twin: probe, fit ($((fit - 1)) layers after $fit ran out of memory), tables"
+    else
+        t_fail "gpu_model --cpu-twin: exit $rc"
+        tail -n 20 "$T_TMP/gm.log"
+    fi
+    if /usr/bin/python3 - "$T_TMP/gm.json" <<'EOF'; then
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert [x['case'] for x in r] == ['14b', '1.3b'] and all(x['ok'] for x in r), r
+s, m = r
+assert s['layers'] == s['layers_fit'] - 1 and s['mem_per_layer_gib'] > 0 and 'marginal_layer_s' in s
+# the FLOPs counted: the stack's layers only, the 1.3B model's whole formula
+assert abs(s['model_tflops'] - s['tflops_layers']) < 1e-9 < s['tflops_whole_formula'] - s['tflops_layers']
+assert abs(m['model_tflops'] - m['tflops_whole_formula']) < 1e-9 and m['tokens_per_s'] > 0
+EOF
+        t_ok "gpu_model --json: both cases, FLOPs counted as documented"
+    else
+        t_fail "gpu_model --json"
+    fi
+else
+    echo "# build/bench/gpu_model not built (make bench-bins): its CPU check is left out"
+fi
+if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+    out=$(cd "$ROOT" && timeout 300 /usr/bin/python3 bench/torch_block_gpu.py --self-check 2>&1)
+    if [[ $out == *"self-check: "*": ok"* ]]; then
+        t_ok "torch_block_gpu.py computes wan_reference.py's model (fp32): rel diff ${out##*rel diff }"
+    else
+        t_fail "torch_block_gpu.py --self-check: $out"
+    fi
+    out=$(cd "$ROOT" && timeout 300 /usr/bin/python3 bench/torch_block_gpu.py --device cpu --tiny --case 14b --layers 2 \
+        --warmup 0 --steps 2 --threads 1 --json "$T_TMP/tb.json" 2>&1)
+    if [[ $out == *"| PyTorch: 14B-width block stack | 2 |"* ]] && /usr/bin/python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))[0]
+assert r["ok"] and r["layers"] == 2 and r["steps"] == 2 and r["losses"][-1] < r["losses"][0], r' "$T_TMP/tb.json"; then
+        t_ok "torch_block_gpu.py --device cpu --tiny: two steps, the loss falls"
+    else
+        t_fail "torch_block_gpu.py --device cpu --tiny: $out"
+    fi
+else
+    echo "# no PyTorch for /usr/bin/python3: torch_block_gpu.py's CPU checks are left out"
+fi
 t_summary

@@ -8,8 +8,8 @@
  *   hd128  dim 256, 2 heads of 128 (the head size cuDNN's fused attention is built for), ffn 512,
  *          2 layers, text 24 x 64, 2 samples of 4 x 8 x 12 latents (96 tokens), recompute on
  * Weights come from the model's initialiser on the host, with random values where it puts
- * constants (zero biases, the zero head, unit norm weights), rounded to the GPU's parameter dtype
- * and set on both models. Latents, text and noise are random normals, sigma from the pretraining
+ * constants (zero biases, the zero head, unit norm weights) and xavier-normal for the text and time
+ * embeddings (see init_weights), rounded to the GPU's parameter dtype and set on both models. Latents, text and noise are random normals, sigma from the pretraining
  * flow preset: nothing is zero. For each model:
  *   a. one micro-batch forward and backward: the loss, the prediction and every parameter gradient
  *      (relative L2 error per tensor; a table of the worst tensors); then a second micro-batch
@@ -267,7 +267,9 @@ static void e_gelu_bwd(wan_backend *be, void *din, const void *dout, const void 
     ev_out(&di), ev_drop(&dy), ev_drop(&x);
 }
 
-static void e_silu_fwd(wan_backend *be, float *out, const float *in, size_t n) { IOPS(be)->silu_fwd(INNER(be), out, in, n); }
+static void e_silu_fwd(wan_backend *be, float *out, const float *in, size_t n) {
+    IOPS(be)->silu_fwd(INNER(be), out, in, n);
+}
 
 static void e_silu_bwd(wan_backend *be, float *din, const float *dout, const float *in, size_t n) {
     IOPS(be)->silu_bwd(INNER(be), din, dout, in, n);
@@ -588,7 +590,8 @@ static int run_case(const mcase *c, wan_dist *dist, const wan_train_cfg *tc) {
            c->recompute ? ", recompute" : "");
     fflush(stdout);
     wan_model mc, mg;
-    if (wan_model_create(&mc, &c->mc, cpu, dist, c->recompute) || wan_model_create(&mg, &c->mc, gpu, dist, c->recompute)) {
+    if (wan_model_create(&mc, &c->mc, cpu, dist, c->recompute) ||
+        wan_model_create(&mg, &c->mc, gpu, dist, c->recompute)) {
         wan_error_print("gpu_model_check");
         return 1;
     }
@@ -670,7 +673,8 @@ static int run_case(const mcase *c, wan_dist *dist, const wan_train_cfg *tc) {
     result(drop >= MIN_LOSS_DROP, "training: the CPU loss fell %.1f%% over %d steps (needs >= %.0f%%)", 100 * drop,
            train_steps, 100 * MIN_LOSS_DROP);
     result(bad_l == 0, "training: losses follow the CPU run: worst rel err %.2e (tol %.2g)", worst_l, tol_train);
-    result(bad_g == 0, "training: gradient norms follow the CPU run: worst rel err %.2e (tol %.2g at step 1, %.2g after)",
+    result(bad_g == 0, "training: gradient norms follow the CPU run: worst rel err %.2e (tol %.2g at step 1, %.2g "
+                       "after)",
            worst_g, tol_gnorm1, tol_gnorm);
     /* where the weights ended up (information, not a check: AdamW moves weights with near-zero
      * gradients by about lr per step whatever the sign noise says) */
