@@ -23,7 +23,7 @@ PKG_LIBS := $(or $(shell pkg-config --libs $(PKGS) 2>/dev/null),-lconfig -lzstd 
 # Debian's OpenMP build of OpenBLAS: its threads cooperate with ours instead of oversubscribing.
 OPENBLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 
-CPPFLAGS := -Ilib -D_GNU_SOURCE -DWAN_VERSION='"$(VERSION)"' -DWAN_GIT_REV='"$(GIT_REV)"' $(PKG_CFLAGS)
+CPPFLAGS := -Ilib -I/usr/include/x86_64-linux-gnu/openblas-openmp -D_GNU_SOURCE -DWAN_VERSION='"$(VERSION)"' -DWAN_GIT_REV='"$(GIT_REV)"' $(PKG_CFLAGS)
 CFLAGS := -std=c17 -O2 -g -Wall -Wextra -Werror -fopenmp -MMD -MP
 LDFLAGS := -fopenmp -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR)
 LDLIBS := $(PKG_LIBS) -lopenblas -lpmi2 -lpthread -lrt -lm
@@ -126,12 +126,15 @@ test:
 	@$(MAKE) --no-print-directory tests
 	@tests/run.sh $(TESTS)
 
-# GPU machines often have no package mirror: these two only build (run make deps beforehand).
+# GPU machines often have no package mirror: these two do not install packages; where the build
+# libraries are missing they unpack the ones carried in .gpu-debs (tests/gpu/carry-debs.sh).
 test-gpu:
+	@tests/gpu/unpack-debs.sh
 	@$(MAKE) --no-print-directory tests
 	@tests/gpu/run.sh
 
 bench-gpu:
+	@tests/gpu/unpack-debs.sh
 	@$(MAKE) --no-print-directory bench-bins
 	@bench/gpu.sh
 
