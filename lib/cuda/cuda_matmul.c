@@ -279,7 +279,8 @@ void wan_cuda_matmul_fwd(wan_backend *be, void *out, wan_dtype out_dt, const voi
 void wan_cuda_matmul_bwd(wan_backend *be, void *din, wan_dtype din_dt, bool din_accumulate, float *dw, float *db,
                          const void *dout, wan_dtype dout_dt, const void *in, wan_dtype in_dt, const void *w, int M,
                          int N, int K) {
-    if (M <= 0 || N <= 0 || K <= 0) return;
+    /* K = 0 still owes db its column sums (the products are empty: lt_gemm skips m = K = 0) */
+    if (M <= 0 || N <= 0) return;
     wan_dtype wdt = be->param;
     size_t wsz = wan_dtype_size(wdt);
     cudaStream_t st = wan_cuda_stream_of(be);

@@ -146,20 +146,22 @@ extern "C" void wan_cuda_residual_bwd(wan_backend *be, void *dy, wan_dtype dy_dt
     WAN_CUDA_REQUIRE(!(gate || dgate) || tk.S_local > 0, "residual_bwd: S_local = %d with a gate", tk.S_local);
     cudaStream_t st = wan_cuda_stream_of(be);
     long long S = tk.S_local > 0 ? tk.S_local : tk.T;
-    dim3 grid((unsigned)tk.T, wan_blocks(D, WAN_THREADS));
+    /* the sums read dx before dy is written: dy may alias dx (as on the CPU backend) */
+    if (dbias || dgate) {
+        wan_slots s = wan_slots_make(tk.T, tk.tok0, S);
+        float *part = (float *)wan_cuda_scratch(be, WAN_SCR_PARTIAL, 2 * (size_t)s.nslots * D * sizeof(float));
+        dim3 pg((unsigned)s.nslots, wan_blocks(D, WAN_THREADS));
+        k_residual_part<<<pg, WAN_THREADS, 0, st>>>(part, s, D, dx, y, bias, be->param, gate, gate_stride,
+                                                    dbias != NULL, dgate != NULL);
+        WAN_CU_LAUNCH(st);
+        if (dbias) wan_cuda_slots_finish(st, part, s, D, dbias, 0, false);
+        if (dgate) wan_cuda_slots_finish(st, part + (size_t)s.nslots * D, s, D, dgate, gate_stride, true);
+    }
     if (dy) {
+        dim3 grid((unsigned)tk.T, wan_blocks(D, WAN_THREADS));
         k_residual_dy<<<grid, WAN_THREADS, 0, st>>>(dy, dy_dt, dx, gate, gate_stride, tk.tok0, S, D);
         WAN_CU_LAUNCH(st);
     }
-    if (!dbias && !dgate) return;
-    wan_slots s = wan_slots_make(tk.T, tk.tok0, S);
-    float *part = (float *)wan_cuda_scratch(be, WAN_SCR_PARTIAL, 2 * (size_t)s.nslots * D * sizeof(float));
-    dim3 pg((unsigned)s.nslots, wan_blocks(D, WAN_THREADS));
-    k_residual_part<<<pg, WAN_THREADS, 0, st>>>(part, s, D, dx, y, bias, be->param, gate, gate_stride, dbias != NULL,
-                                                dgate != NULL);
-    WAN_CU_LAUNCH(st);
-    if (dbias) wan_cuda_slots_finish(st, part, s, D, dbias, 0, false);
-    if (dgate) wan_cuda_slots_finish(st, part + (size_t)s.nslots * D, s, D, dgate, gate_stride, true);
 }
 
 /* ---------------------------------------------------------------- adds and broadcasts */

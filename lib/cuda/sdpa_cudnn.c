@@ -253,6 +253,7 @@ typedef struct {
     int ldq, ldk, ldv, ldo;
     int lddo, lddq, lddk, lddv; /* backward only (0 in forward keys) */
     float scale;
+    int masked; /* the graph has the padding mask: kv_valid < Skv, or the workaround below */
 } sdpa_key;
 
 /* UIDs of the tensors in the variant pack; virtual tensors count up from UID_FIRST_VIRTUAL. */
@@ -262,7 +263,12 @@ enum {
     UID_FIRST_VIRTUAL = 100,
 };
 
-static bool key_padded(const sdpa_key *k) { return k->kv_valid < k->Skv; }
+static bool key_padded(const sdpa_key *k) { return k->masked != 0; }
+
+/* cuDNN <= 9.15's fused backward is wrong without a padding mask when Skv is not a multiple of
+ * 128; cudnn-frontend then adds a mask with seq_len_kv = Skv (CompositeSDPABackwardNode,
+ * "workaround padding mask"). So do we: the mask then removes nothing. */
+static bool bwd_needs_mask_workaround(int Skv) { return cudnnGetVersion() <= 91500 && Skv % 128 != 0; }
 
 /* dims {B, H, S, hd}, strides {S*ld, hd, ld, 1}: the BSHD rows of a [B*S, ld] matrix. */
 static void bshd(int64_t dims[4], int64_t strides[4], int B, int H, int S, int hd, int ld) {
@@ -878,6 +884,7 @@ int wan_sdpa_fwd(wan_sdpa *s, void *out, int ldo, float *lse, const void *q, int
     key.B = B, key.H = H, key.Sq = Sq, key.Skv = Skv, key.hd = hd, key.kv_valid = kv_valid;
     key.ldq = ldq, key.ldk = ldk, key.ldv = ldv, key.ldo = ldo;
     key.scale = scale;
+    key.masked = kv_valid < Skv;
     sdpa_plan *p;
     WAN_TRY(get_plan(s, &key, &p));
     sdpa_io io = {.q = q, .k = k, .v = v, .o = out, .stats = lse};
@@ -905,6 +912,7 @@ int wan_sdpa_bwd(wan_sdpa *s, void *dq, int lddq, void *dk, int lddk, void *dv, 
     key.ldq = ldq, key.ldk = ldk, key.ldv = ldv, key.ldo = ldo;
     key.lddo = lddo, key.lddq = lddq, key.lddk = lddk, key.lddv = lddv;
     key.scale = scale;
+    key.masked = kv_valid < Skv || bwd_needs_mask_workaround(Skv);
     sdpa_plan *p;
     WAN_TRY(get_plan(s, &key, &p));
     sdpa_io io = {.q = q, .k = k, .v = v, .o = out, .dout = dout, .stats = lse, .dq = dq, .dk = dk, .dv = dv};
@@ -1098,6 +1106,7 @@ int wan_sdpa_selftest_build(int B, int H, int Sq, int Skv, int hd, char *report,
             key.kind = kinds[ki] == SDPA_BWD_COMPOSITE ? SDPA_KEY_BWD : SDPA_KEY_FWD;
             key.B = B, key.H = H, key.Sq = Sq, key.Skv = Skv, key.hd = hd;
             key.kv_valid = padded ? Skv - 1 : Skv;
+            key.masked = padded;
             /* the model's layouts: q|k|v column blocks of one fused [tokens, 3*H*hd] GEMM output,
              * out and dout dense, dq|dk|dv into one fused gradient */
             key.ldq = key.ldk = key.ldv = 3 * H * hd;
