@@ -6,64 +6,11 @@
  * bit-identical results. */
 #include "error.h"
 #include "ops.h"
+#define OPS_CHECK_SEED 0x2545f4914f6cdd1dull
+#include "ops_check.h"
 #include "test.h"
 
 /* ---------------- helpers ---------------- */
-
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static double urand(void) { /* uniform in [0, 1) (xorshift64*) */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (double)((rng_state * 0x2545f4914f6cdd1dull) >> 11) / 9007199254740992.0;
-}
-static float *frand(size_t n, double lo, double hi) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = (float)(lo + (hi - lo) * urand());
-    return x;
-}
-static double *dcopy(const float *x, size_t n) {
-    double *d = malloc((n ? n : 1) * sizeof(double));
-    for (size_t i = 0; i < n; i++) d[i] = x[i];
-    return d;
-}
-static double *dzeros(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
-
-/* Worst error relative to max(|want_i|, 1% of max |want|) (see test_ops_cpu.c). */
-static double rel_err(const float *got, const double *want, size_t n, size_t *worst) {
-    double mx = 0, err = 0;
-    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(want[i]));
-    *worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        double den = fmax(fabs(want[i]), 0.01 * mx);
-        double e = fabs(got[i] - want[i]) / (den > 0 ? den : 1);
-        if (!(e <= err)) {
-            err = isnan(e) ? INFINITY : e;
-            *worst = i;
-        }
-    }
-    return err;
-}
-#define CHECK_CLOSE(what, got, want, n, tol)                                                                 \
-    do {                                                                                                     \
-        size_t w_;                                                                                           \
-        double e_ = rel_err((got), (want), (n), &w_);                                                        \
-        CHECKF(e_ <= (tol), "%s: relative error %.3g at [%zu] (got %.9g, want %.9g), tol %g", (what), e_,    \
-               w_, (double)(got)[w_], (want)[w_], (double)(tol));                                            \
-    } while (0)
-
-typedef double (*loss_fn)(void *ctx);
-static void fd_grad(loss_fn loss, void *ctx, double *x, size_t n, double *g) {
-    for (size_t i = 0; i < n; i++) {
-        double s = x[i], h = 1e-5 * fmax(1.0, fabs(s));
-        x[i] = s + h;
-        double lp = loss(ctx);
-        x[i] = s - h;
-        double lm = loss(ctx);
-        x[i] = s;
-        g[i] = (lp - lm) / (2 * h);
-    }
-}
 
 /* Dense rows [T, D] <-> columns [col0, col0 + D) of rows of stride ld. */
 static void put_cols(float *buf, int ld, int col0, const float *dense, int T, int D) {
