@@ -38,6 +38,7 @@ int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wa
     m->Fl = cfg->ffn_dim / dist->tp;
     m->Hl = cfg->num_heads / dist->tp;
     m->hd = cfg->dim / cfg->num_heads;
+    m->attn_scale = 1.0f / sqrtf((float)m->hd);
     m->L = cfg->text_len;
     m->Ct = cfg->text_dim;
     int pvol = cfg->patch_size[0] * cfg->patch_size[1] * cfg->patch_size[2];

@@ -70,6 +70,7 @@ typedef struct wan_model {
     int64_t o_patch_w, o_patch_b, o_txt0_w, o_txt0_b, o_txt2_w, o_txt2_b, o_te0_w, o_te0_b, o_te2_w, o_te2_b,
         o_tp_w, o_tp_b, o_head_w, o_head_b, o_head_mod;
     int D, Dl, Fl, Hl, hd, L, Ct, P_in, P_out;
+    float attn_scale; /* 1 / sqrt(head_dim) */
     bool recompute;
     wan_shape sh;
     void *arena; /* activations of the current shape (model.c owns the layout) */

@@ -48,7 +48,7 @@ static int self_attention_forward(wan_model *m, wan_block_acts *k) {
     const wan_shape *s = &m->sh;
     wan_dist *d = m->dist;
     int Dl = m->Dl, B = s->B, Sc = s->S_cp;
-    float scale = 1.0f / sqrtf((float)m->hd);
+    float scale = m->attn_scale;
     void *kn = k->kv, *v = ACT_AT(m, k->kv, (size_t)s->Tf * Dl);
     if (d->cp == 1) {
         op->attention_fwd(be, k->att, Dl, k->lse, k->qn, Dl, kn, Dl, v, Dl, B, m->Hl, Sc, Sc, m->hd, valid_in_block(m, 0),
@@ -88,7 +88,7 @@ static int self_attention_backward(wan_model *m, wan_block_acts *k) {
     wan_dist *d = m->dist;
     int Dl = m->Dl, B = s->B, Sc = s->S_cp;
     size_t TD = (size_t)s->Tf * Dl;
-    float scale = 1.0f / sqrtf((float)m->hd);
+    float scale = m->attn_scale;
     if (d->cp == 1) {
         op->attention_bwd(be, a->dq, Dl, a->dkv, Dl, ACT_AT(m, a->dkv, TD), Dl, false, a->datt, Dl, k->att, Dl, k->lse,
                           k->qn, Dl, k->kv, Dl, ACT_AT(m, k->kv, TD), Dl, B, m->Hl, Sc, Sc, m->hd, valid_in_block(m, 0),
@@ -163,7 +163,7 @@ int wan_block_forward(wan_model *m, int l, wan_block_acts *k) {
     const wan_shape *s = &m->sh;
     wan_dtype act = be->act;
     int B = s->B, D = m->D, Dl = m->Dl, Fl = m->Fl, T = s->T, Tf = s->Tf, BL = B * m->L;
-    float eps = (float)m->cfg.eps, scale = 1.0f / sqrtf((float)m->hd);
+    float eps = (float)m->cfg.eps, scale = m->attn_scale;
     wan_tokens tk = wan_tk_local(m), tkf = wan_tk_full(m), tkt = {BL, 0, m->L, 0};
     size_t TD = (size_t)T * D * sizeof(float);
     float *x = a->x;
@@ -241,7 +241,7 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
     const wan_shape *s = &m->sh;
     wan_dtype act = be->act;
     int B = s->B, D = m->D, Dl = m->Dl, Fl = m->Fl, Tf = s->Tf, BL = B * m->L;
-    float scale = 1.0f / sqrtf((float)m->hd);
+    float scale = m->attn_scale;
     wan_tokens tk = wan_tk_local(m), tkf = wan_tk_full(m), tkt = {BL, 0, m->L, 0};
     size_t psz = wan_dtype_size(be->param);
     float *scale1 = k->mod + D, *gate1 = k->mod + 2 * D, *scale2 = k->mod + 4 * D, *gate2 = k->mod + 5 * D;
