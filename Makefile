@@ -6,9 +6,15 @@
 #   make deps       install the Debian packages the build and tests need
 #   make test-gpu   CUDA ops against their CPU twins (needs a GPU)
 #   make bench-gpu  GPU throughput benchmark (needs a GPU)
+#   make test-emu   the CUDA backend on the CPU emulator (tests/emu), against the CPU backend
+#   make EMU=1 ...  build into build/emu with the emulator in place of the GPU libraries
 
 CUDA_HOME ?= /usr/local/cuda
 NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
+EMU ?= 0
+ifeq ($(EMU),1)
+  override CUDA := 1
+endif
 ifeq ($(origin CUDA),undefined)
   CUDA := $(if $(NVCC),1,0)
 endif
@@ -28,7 +34,13 @@ CFLAGS := -std=c17 -O2 -g -Wall -Wextra -Werror -fopenmp -MMD -MP
 LDFLAGS := -fopenmp -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR)
 LDLIBS := $(PKG_LIBS) -lopenblas -lpmi2 -lpthread -lrt -lm
 
-BUILD := build
+ifeq ($(EMU),1)
+  BUILD := build/emu
+  BINDIR := build/emu/bin
+else
+  BUILD := build
+  BINDIR := bin
+endif
 LIB_SRC := $(wildcard lib/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 
@@ -38,9 +50,23 @@ ifeq ($(CUDA),1)
   CUDA_C := $(wildcard lib/cuda/*.c)
   CUDA_OBJ := $(CUDA_CU:%.cu=$(BUILD)/%.o) $(CUDA_C:%.c=$(BUILD)/%.o)
   CPPFLAGS += -DWAN_CUDA=1 -I$(CUDA_HOME)/include
+ifeq ($(EMU),1)
+  # The emulator: kernels compiled as host C++ (tests/emu/cuda_emu.h), the CUDA runtime, cuBLASLt,
+  # cuDNN and NCCL replaced by CPU stand-ins; AddressSanitizer checks every access kernels make.
+  EMU_LIBS := cudart_emu cublaslt_emu cudnn_emu nccl_emu
+  CUDA_OBJ += $(BUILD)/tests/emu/emu_launch.o $(EMU_LIBS:%=$(BUILD)/tests/emu/%.o)
+  CPPFLAGS += -Itests/emu
+  SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  CFLAGS += $(SAN)
+  LDFLAGS += $(SAN)
+  LDLIBS += -lstdc++
+  CXXFLAGS_EMU := -std=c++17 -O1 -g -Wall -Wextra -Werror -Wno-unused-function $(SAN) -MMD -MP \
+                  -Ilib -Ilib/cuda -Itests/emu -DWAN_CUDA=1 -I$(CUDA_HOME)/include
+else
   # Dynamic cudart/cuBLAS/cuDNN/NCCL; never the libcuda driver stub, so binaries start without a driver.
   LDFLAGS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
   LDLIBS += -lnccl -lcudnn -lcublasLt -lcublas -lcudart -lstdc++
+endif
   NVCC_ARCH := -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_100a,code=sm_100a \
                -gencode arch=compute_90,code=compute_90
   NVCCFLAGS := -std=c++17 -O3 -g -lineinfo $(NVCC_ARCH) -Ilib -DWAN_CUDA=1 \
@@ -49,7 +75,7 @@ else
   CUDA_OBJ := $(BUILD)/lib/nocuda/backend_nocuda.o
 endif
 
-PROGRAMS := bin/wan-preprocess bin/wan-train bin/wan-reshard bin/wan-report bin/wan-eval
+PROGRAMS := $(BINDIR)/wan-preprocess $(BINDIR)/wan-train $(BINDIR)/wan-reshard $(BINDIR)/wan-report $(BINDIR)/wan-eval
 LIBWAN := $(BUILD)/libwan.a
 
 TEST_SRC := $(wildcard tests/unit/test_*.c)
@@ -59,7 +85,7 @@ TEST_TOOL_BIN := $(TEST_TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps test test-unit test-gpu bench-gpu demo demo-slurm clean tests bench-bins
+.PHONY: all deps test test-unit test-gpu test-emu bench-gpu demo demo-slurm clean tests bench-bins emu-tools
 all: $(PROGRAMS)
 
 # Objects of a CUDA=1 and a CUDA=0 build differ (-DWAN_CUDA): switching variants in one build
@@ -76,17 +102,41 @@ $(BUILD)/%.o: %.c $(VARIANT)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
+ifeq ($(EMU),1)
+$(BUILD)/%.emu.cc: %.cu tests/emu/rewrite_launches.pl $(VARIANT)
+	@mkdir -p $(dir $@)
+	perl tests/emu/rewrite_launches.pl $< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/%.o: $(BUILD)/%.emu.cc tests/emu/cuda_emu.h
+	$(CXX) $(CXXFLAGS_EMU) -include tests/emu/cuda_emu.h -c $< -o $@
+
+$(BUILD)/tests/emu/%.o: tests/emu/%.cc $(VARIANT)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_EMU) -c $< -o $@
+
+$(BUILD)/tests/emu/%: tests/emu/%.c $(LIBWAN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(LIBWAN) -o $@ $(LDLIBS)
+
+$(BUILD)/tests/emu/emu_selfcheck: $(BUILD)/tests/emu/emu_selfcheck.o $(LIBWAN)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+EMU_TESTS := $(patsubst tests/emu/%.c,$(BUILD)/tests/emu/%,$(wildcard tests/emu/test_*.c)) \
+             $(BUILD)/tests/emu/emu_selfcheck
+emu-tools: $(PROGRAMS) $(BUILD)/tests/tools/gpu_check $(BUILD)/tests/tools/gpu_model_check $(EMU_TESTS)
+else
 $(BUILD)/%.o: %.cu $(VARIANT)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+endif
 
-bin/wan-preprocess: $(BUILD)/preprocess/main.o $(LIBWAN)
-bin/wan-train: $(BUILD)/train/main.o $(LIBWAN)
-bin/wan-reshard: $(BUILD)/ckpt/main.o $(LIBWAN)
-bin/wan-report: $(BUILD)/eval/report_main.o $(LIBWAN)
-bin/wan-eval: $(BUILD)/eval/eval_main.o $(LIBWAN)
+$(BINDIR)/wan-preprocess: $(BUILD)/preprocess/main.o $(LIBWAN)
+$(BINDIR)/wan-train: $(BUILD)/train/main.o $(LIBWAN)
+$(BINDIR)/wan-reshard: $(BUILD)/ckpt/main.o $(LIBWAN)
+$(BINDIR)/wan-report: $(BUILD)/eval/report_main.o $(LIBWAN)
+$(BINDIR)/wan-eval: $(BUILD)/eval/eval_main.o $(LIBWAN)
 $(PROGRAMS):
-	@mkdir -p bin
+	@mkdir -p $(BINDIR)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIBWAN)
@@ -101,8 +151,15 @@ $(BUILD)/bench/%: bench/%.c $(LIBWAN)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) $< $(LIBWAN) -o $@ $(LDLIBS)
 
-# benchmarks are built with the tests so that CI compiles them too
+# benchmarks are built with the tests so that CI compiles them too; with CUDA, so is the
+# emulation build that runs the CUDA backend on the CPU (tests/integration/test_cuda_emu.sh)
 tests: $(PROGRAMS) $(TEST_BIN) $(TEST_TOOL_BIN) $(BENCH_BIN)
+ifeq ($(CUDA)$(EMU)$(WAN_EMU_IN_TESTS),101)
+tests: emu-build
+emu-build:
+	@$(MAKE) --no-print-directory EMU=1 emu-tools
+.PHONY: emu-build
+endif
 bench-bins: $(PROGRAMS) $(BENCH_BIN)
 
 # Debian packages for the build, the tests (PyTorch reference, local Slurm cluster) and the demo.
@@ -132,6 +189,11 @@ test-gpu:
 	@tests/gpu/unpack-debs.sh
 	@$(MAKE) --no-print-directory tests
 	@tests/gpu/run.sh
+
+# The CUDA backend on the CPU emulator: needs the CUDA toolkit's headers, not a GPU.
+test-emu:
+	@$(MAKE) --no-print-directory EMU=1 emu-tools
+	@tests/run.sh test_cuda_emu
 
 bench-gpu:
 	@tests/gpu/unpack-debs.sh
