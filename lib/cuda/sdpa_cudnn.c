@@ -178,14 +178,18 @@ static int op_pointwise(graph_build *g, const char *name, cudnnPointwiseMode_t m
 }
 
 /* c = a @ b (batched over the leading dims), fp32 accumulation; the overrides (int32 [B,1,1,1]
- * sequence lengths) shorten M, N or K per batch for the padding mask. */
+ * sequence lengths) shorten M, N or K per batch for the padding mask; padding (optional) is the
+ * value of c outside the overridden extent (the frontend sets 0 on the forward's first matmul
+ * when the mask is on, and the fused engines are matched against the frontend's graphs). */
 static int op_matmul(graph_build *g, const char *name, cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b,
                      cudnnBackendDescriptor_t c, cudnnBackendDescriptor_t m_override,
-                     cudnnBackendDescriptor_t n_override, cudnnBackendDescriptor_t k_override) {
+                     cudnnBackendDescriptor_t n_override, cudnnBackendDescriptor_t k_override,
+                     const double *padding) {
     cudnnBackendDescriptor_t mm, op;
     cudnnDataType_t comp = CUDNN_DATA_FLOAT;
     WAN_TRY(new_desc(g, CUDNN_BACKEND_MATMUL_DESCRIPTOR, name, &mm));
     SET_ATTR(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp, name);
+    if (padding) SET_ATTR(mm, CUDNN_ATTR_MATMUL_PADDING_VALUE, CUDNN_TYPE_DOUBLE, 1, padding, name);
     CUDNN_TRY(cudnnBackendFinalize(mm), "finalise matmul descriptor %s", name);
 
     WAN_TRY(new_desc(g, CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, name, &op));
@@ -383,7 +387,8 @@ static int build_fwd_composite(graph_build *g, const sdpa_key *k) {
     packed(rd, rs, k->B, k->H, k->Sq, 1);
     cudnnBackendDescriptor_t score, scaled, row_max, shifted, e, row_sum, log_sum, p;
     WAN_TRY(virtual_tensor(g, "s", CUDNN_DATA_FLOAT, sd, ss, &score));
-    WAN_TRY(op_matmul(g, "bmm1", q, kt, score, seq_q, seq_kv, NULL));
+    static const double zero = 0.0;
+    WAN_TRY(op_matmul(g, "bmm1", q, kt, score, seq_q, seq_kv, NULL, seq_q ? &zero : NULL));
     WAN_TRY(virtual_tensor(g, "s_scaled", CUDNN_DATA_FLOAT, sd, ss, &scaled));
     WAN_TRY(op_pointwise(g, "attn_scale", CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, score, scale, NULL, scaled, -1));
     if (seq_q) WAN_TRY(add_padding_mask(g, k, scaled, seq_q, seq_kv, neg_inf, &scaled));
@@ -402,7 +407,7 @@ static int build_fwd_composite(graph_build *g, const sdpa_key *k) {
     /* P in the input type: bmm2's A operand */
     WAN_TRY(virtual_tensor(g, "p", CUDNN_DATA_BFLOAT16, sd, ss, &p));
     WAN_TRY(op_pointwise(g, "div", CUDNN_POINTWISE_DIV, CUDNN_DATA_FLOAT, e, row_sum, NULL, p, -1));
-    return op_matmul(g, "bmm2", p, v, o, seq_q, NULL, seq_kv);
+    return op_matmul(g, "bmm2", p, v, o, seq_q, NULL, seq_kv, NULL);
 }
 
 static int build_bwd(graph_build *g, const sdpa_key *k) {
@@ -454,7 +459,7 @@ static int build_bwd(graph_build *g, const sdpa_key *k) {
     /* P = exp(Q K^T * scale - stats), then dV = P^T dO */
     cudnnBackendDescriptor_t score, scaled, shifted, p, pt;
     WAN_TRY(virtual_tensor(g, "s", CUDNN_DATA_FLOAT, sd, ss, &score));
-    WAN_TRY(op_matmul(g, "matmul_q_kt", q, kt, score, seq_q, seq_kv, NULL));
+    WAN_TRY(op_matmul(g, "matmul_q_kt", q, kt, score, seq_q, seq_kv, NULL, NULL));
     WAN_TRY(virtual_tensor(g, "s_scaled", CUDNN_DATA_FLOAT, sd, ss, &scaled));
     WAN_TRY(op_pointwise(g, "mul_s_scale", CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, score, scale, NULL, scaled, -1));
     if (seq_q) WAN_TRY(add_padding_mask(g, k, scaled, seq_q, seq_kv, neg_inf, &scaled));
@@ -466,12 +471,12 @@ static int build_bwd(graph_build *g, const sdpa_key *k) {
     int64_t ts[4] = {(int64_t)k->H * k->Sq * k->Skv, (int64_t)k->Sq * k->Skv, 1, k->Skv};
     WAN_TRY(virtual_tensor(g, "p^T", CUDNN_DATA_BFLOAT16, td, ts, &pt));
     WAN_TRY(op_reshape(g, "reshape_p", p, pt));
-    WAN_TRY(op_matmul(g, "matmul_pt_dout", pt, dout, dv, seq_kv, NULL, seq_q));
+    WAN_TRY(op_matmul(g, "matmul_pt_dout", pt, dout, dv, seq_kv, NULL, seq_q, NULL));
 
     /* dS = (dO V^T - softmax_sum) * P * scale, then dK = dS^T Q */
     cudnnBackendDescriptor_t dp, dp_sub, ds_unscaled, ds, dst;
     WAN_TRY(virtual_tensor(g, "dp", CUDNN_DATA_FLOAT, sd, ss, &dp));
-    WAN_TRY(op_matmul(g, "matmul_dout_vt", dout, vt, dp, seq_q, seq_kv, NULL));
+    WAN_TRY(op_matmul(g, "matmul_dout_vt", dout, vt, dp, seq_q, seq_kv, NULL, NULL));
     WAN_TRY(virtual_tensor(g, "dp_minus_sum", CUDNN_DATA_FLOAT, sd, ss, &dp_sub));
     WAN_TRY(op_pointwise(g, "sub_dp_softmax_sum", CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, dp, softmax_sum, NULL,
                          dp_sub, -1));
@@ -481,7 +486,7 @@ static int build_bwd(graph_build *g, const sdpa_key *k) {
     WAN_TRY(op_pointwise(g, "mul_ds_scale", CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, ds_unscaled, scale, NULL, ds, -1));
     WAN_TRY(virtual_tensor(g, "ds^T", CUDNN_DATA_BFLOAT16, td, ts, &dst));
     WAN_TRY(op_reshape(g, "reshape_ds", ds, dst));
-    WAN_TRY(op_matmul(g, "matmul_dst_q", dst, q, dk, seq_kv, NULL, seq_q));
+    WAN_TRY(op_matmul(g, "matmul_dst_q", dst, q, dk, seq_kv, NULL, seq_q, NULL));
 
     /* dQ = dS K through an fp32 accumulator in our workspace (K is K^T reshaped back; its
      * virtual type is the intermediate fp32, as in the frontend). */
@@ -491,7 +496,7 @@ static int build_bwd(graph_build *g, const sdpa_key *k) {
     WAN_TRY(op_reshape(g, "reshape_k", kt, kk));
     packed(d, s, k->B, k->H, k->Sq, k->hd);
     WAN_TRY(make_tensor(g, "dq_accum", UID_DQ_ACCUM, CUDNN_DATA_FLOAT, 4, d, s, false, false, &dq_accum));
-    WAN_TRY(op_matmul(g, "matmul_ds_k", ds, kk, dq_accum, seq_q, NULL, seq_kv));
+    WAN_TRY(op_matmul(g, "matmul_ds_k", ds, kk, dq_accum, seq_q, NULL, seq_kv, NULL));
     return op_pointwise(g, "identity_dq", CUDNN_POINTWISE_IDENTITY, CUDNN_DATA_FLOAT, dq_accum, NULL, NULL, dq, -1);
 }
 

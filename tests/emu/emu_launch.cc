@@ -1,5 +1,5 @@
-/* Kernel launches of the emulation build: every block in turn, its threads as fibers (ucontext)
- * on the calling thread. A fiber runs until it finishes or waits: at __syncthreads for the whole
+/* Kernel launches of the emulation build: every block in turn, its threads as fibers on the
+ * calling thread (a six-register stack switch on x86-64, ucontext elsewhere). A fiber runs until it finishes or waits: at __syncthreads for the whole
  * block, at a warp operation (__syncwarp, shuffles) for the lanes its mask names. When no fiber
  * can run, the scheduler releases the warps whose lanes all arrived (computing every lane's
  * shuffle result before any lane runs on, so none reads a value overwritten by a faster lane),
@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <vector>
 
@@ -20,10 +22,72 @@
 #include "emu.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
 #else
 #define EMU_ASAN 0
+#endif
+
+/* ---------------------------------------------------------------- stack switching
+ * ucontext's swapcontext makes a system call per switch (the signal mask) and AddressSanitizer
+ * clears the shadow of the whole target stack on each; a kernel switches threads at every barrier
+ * and shuffle, so on x86-64 the switch is the callee-saved registers and the stack pointer. */
+#if defined(__x86_64__)
+extern "C" void wan_emu_switch(void **save_sp, void *new_sp);
+asm(".text\n"
+    ".globl wan_emu_switch\n"
+    ".type wan_emu_switch,@function\n"
+    "wan_emu_switch:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    movq %rsp, (%rdi)\n"
+    "    movq %rsi, %rsp\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n"
+    ".size wan_emu_switch,.-wan_emu_switch\n");
+
+namespace {
+struct context {
+    void *sp;
+};
+/* A context that starts entry() on the given stack: six zero registers, then entry as the return
+ * address, and below it an empty slot where a caller's return address would be, so that entry
+ * sees the stack alignment of a called function. entry must never return. */
+void context_init(context *c, char *stack, size_t bytes, void (*entry)()) {
+    uintptr_t top = ((uintptr_t)stack + bytes) & ~(uintptr_t)15;
+    void **sp = (void **)(top - 16);
+    sp[1] = nullptr;
+    sp[0] = (void *)entry;
+    sp -= 6;
+    for (int i = 0; i < 6; i++) sp[i] = nullptr;
+    c->sp = sp;
+}
+inline void context_switch(context *from, context *to) { wan_emu_switch(&from->sp, to->sp); }
+} // namespace
+#else
+namespace {
+struct context {
+    ucontext_t uc;
+};
+void context_init(context *c, char *stack, size_t bytes, void (*entry)()) {
+    getcontext(&c->uc);
+    c->uc.uc_stack.ss_sp = stack;
+    c->uc.uc_stack.ss_size = bytes;
+    c->uc.uc_link = nullptr;
+    makecontext(&c->uc, entry, 0);
+}
+inline void context_switch(context *from, context *to) { swapcontext(&from->uc, &to->uc); }
+} // namespace
 #endif
 
 namespace wan_emu {
@@ -33,7 +97,7 @@ namespace {
 enum fiber_state { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_OP, FINISHED };
 
 struct fiber {
-    ucontext_t ctx;
+    context ctx;
     fiber_state state;
     uint3 tid;
     /* the pending warp operation */
@@ -46,12 +110,12 @@ struct fiber {
 #endif
 };
 
-const size_t STACK_BYTES = 256 << 10; /* kernels are shallow; ASan frames are bigger */
+const size_t STACK_BYTES = 128 << 10; /* kernels are shallow; ASan frames are bigger */
 
 struct scheduler {
     std::vector<fiber> fibers;
     std::vector<char *> stacks;
-    ucontext_t main_ctx;
+    context main_ctx;
 #if EMU_ASAN
     void *main_fake_stack = nullptr;
     const void *main_stack_bottom = nullptr;
@@ -89,7 +153,7 @@ void yield_to_scheduler() {
     __sanitizer_start_switch_fiber(f->state == FINISHED ? nullptr : &f->fake_stack, S.main_stack_bottom,
                                    S.main_stack_size);
 #endif
-    swapcontext(&f->ctx, &S.main_ctx);
+    context_switch(&f->ctx, &S.main_ctx);
 #if EMU_ASAN
     __sanitizer_finish_switch_fiber(f->fake_stack, nullptr, nullptr);
 #endif
@@ -112,7 +176,7 @@ void resume(fiber &f, size_t index) {
 #else
     (void)index;
 #endif
-    swapcontext(&S.main_ctx, &f.ctx);
+    context_switch(&S.main_ctx, &f.ctx);
 #if EMU_ASAN
     __sanitizer_finish_switch_fiber(S.main_fake_stack, nullptr, nullptr);
 #endif
@@ -192,8 +256,8 @@ bool try_release_warp(size_t w) {
     return true;
 }
 
-/* Every runnable fiber until it waits or finishes (its own function: swapcontext returns twice
- * as far as the compiler knows, so loop variables must not live across it in run_block). */
+/* Every runnable fiber until it waits or finishes (its own function: with ucontext, swapcontext
+ * returns twice as far as the compiler knows, so loop variables must not live across it). */
 __attribute__((noinline)) void run_runnable() {
     std::vector<fiber> &F = S.fibers;
     size_t n = F.size();
@@ -203,17 +267,17 @@ __attribute__((noinline)) void run_runnable() {
     }
 }
 
-/* Thread i of the block, ready to start the kernel (noinline: getcontext returns twice). */
+/* Thread i of the block, ready to start the kernel (noinline: getcontext returns twice). The
+ * stack served other threads before: its stale shadow (redzones of their frames) is cleared. */
 __attribute__((noinline)) void start_fiber(size_t i) {
     fiber &f = S.fibers[i];
     f.state = RUNNABLE;
     f.tid = make_uint3((unsigned)(i % S.block_dim.x), (unsigned)(i / S.block_dim.x % S.block_dim.y),
                        (unsigned)(i / ((size_t)S.block_dim.x * S.block_dim.y)));
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = S.stacks[i];
-    f.ctx.uc_stack.ss_size = STACK_BYTES;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_entry, 0);
+#if EMU_ASAN
+    __asan_unpoison_memory_region(S.stacks[i], STACK_BYTES);
+#endif
+    context_init(&f.ctx, S.stacks[i], STACK_BYTES, fiber_entry);
 }
 
 void run_block(uint3 b) {

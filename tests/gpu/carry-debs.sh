@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PKGS="libconfig-dev libconfig9 libzstd-dev libzstd1 libxxhash-dev libxxhash0 libjansson-dev libjansson4
-      libopenblas-openmp-dev libopenblas0-openmp libopenblas-dev libopenblas0 libpmi2-0-dev libpmi2-0 pkg-config"
+      libopenblas-openmp-dev libopenblas0-openmp libopenblas-dev libopenblas0 libgfortran5 libquadmath0 libpmi2-0-dev libpmi2-0 pkg-config"
 mkdir -p .gpu-debs
 cd .gpu-debs
 # shellcheck disable=SC2086

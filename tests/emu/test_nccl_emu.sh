@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The NCCL stand-in of the emulation build (tests/emu/nccl_emu.c) under the NCCL transport
+# (lib/cuda/comm_nccl.c): gpu_check --nccl (every collective on the world and on split groups,
+# values checked exactly) with 1 to 4 local ranks, again with tiny shared-memory slots so that
+# every collective and every send/recv runs in many rounds, a hung rank reported within the
+# transport's timeout (as tests/gpu/run.sh step 4 expects), the stand-in's own timeout naming the
+# missing rank, and nothing left in /dev/shm.
+# WAN_EMU_NCCL_TRAIN=1 adds wan-train with train.device = "cuda" on two ranks (tp=2, one step:
+# minutes) against the CPU run. GPU_CHECK / WAN_TRAIN override the binaries.
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+. tests/lib.sh
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 WAN_NO_BAR=1
+GPU_CHECK=${GPU_CHECK:-build/emu/tests/tools/gpu_check}
+WAN_TRAIN=${WAN_TRAIN:-build/emu/bin/wan-train}
+if ! [ -x "$GPU_CHECK" ]; then
+    t_fail "$GPU_CHECK is not built (make EMU=1 emu-tools)"
+    t_summary
+    exit 1
+fi
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+shm_before=$(ls /dev/shm 2>/dev/null | grep -c '^wan-emu-nccl-' || true)
+
+# passing_ranks LOG: how many "rank R: N passed, 0 failed" lines
+passing_ranks() { grep -c '^rank [0-9]*: [0-9]* passed, 0 failed' "$1" || true; }
+
+for n in 1 2 3 4; do
+    timeout 300 "$GPU_CHECK" --nccl --nproc $n >"$T/n$n.log" 2>&1
+    rc=$?
+    t_check "gpu_check --nccl --nproc $n (exit $rc): $(passing_ranks "$T/n$n.log") of $n ranks pass" \
+        [ $rc = 0 ] && [ "$(passing_ranks "$T/n$n.log")" = $n ]
+    [ $rc = 0 ] || tail -n 20 "$T/n$n.log"
+done
+
+for n in 2 3; do
+    WAN_EMU_NCCL_SLOT_BYTES=200 WAN_EMU_NCCL_CHAN_BYTES=100 timeout 300 "$GPU_CHECK" --nccl --nproc $n \
+        >"$T/small$n.log" 2>&1
+    rc=$?
+    t_check "gpu_check --nccl --nproc $n with 256-byte slots and 128-byte channels (exit $rc)" \
+        [ $rc = 0 ] && [ "$(passing_ranks "$T/small$n.log")" = $n ]
+    [ $rc = 0 ] || tail -n 20 "$T/small$n.log"
+done
+
+# a hung rank: the others fail within the transport's timeout, naming the collective and group
+start=$(date +%s)
+timeout 300 "$GPU_CHECK" --nccl --nproc 2 --timeout 5 --hang-rank 1 >"$T/hang.log" 2>&1
+took=$(($(date +%s) - start))
+t_check "hung rank 1 reported by rank 0 within the 5 s timeout ($took s in all)" \
+    [ "$(passing_ranks "$T/hang.log")" = 1 ] && grep -q 'hung peer was reported after [0-9.]* s: NCCL allreduce on group world' "$T/hang.log"
+grep -q 'hung peer' "$T/hang.log" || tail -n 20 "$T/hang.log"
+
+# the stand-in's own deadline, shorter than the transport's: ncclGetLastError names the rank
+WAN_EMU_NCCL_TIMEOUT=2 timeout 300 "$GPU_CHECK" --nccl --nproc 3 --timeout 8 --hang-rank 1 >"$T/emu_timeout.log" 2>&1
+t_check "WAN_EMU_NCCL_TIMEOUT=2: ranks 0 and 2 report that rank 1 did not arrive" \
+    [ "$(passing_ranks "$T/emu_timeout.log")" = 2 ] && grep -q 'WAN_EMU_NCCL_TIMEOUT.*waiting for rank 1 ' "$T/emu_timeout.log"
+grep -q 'WAN_EMU_NCCL_TIMEOUT' "$T/emu_timeout.log" || tail -n 20 "$T/emu_timeout.log"
+
+shm_after=$(ls /dev/shm 2>/dev/null | grep -c '^wan-emu-nccl-' || true)
+t_check "no shared-memory segment left in /dev/shm ($shm_before before, $shm_after after)" [ "$shm_after" = "$shm_before" ]
+
+if [ "${WAN_EMU_NCCL_TRAIN:-0}" = 1 ]; then
+    common=(--config configs/tiny.cfg --set train.steps=1 --set train.gbs=2 --set train.log_interval=1
+            --set train.ckpt_interval=0 --set eval.interval=0)
+    timeout 1800 "$WAN_TRAIN" "${common[@]}" --nproc 2 --set parallel.tp=2 --set train.device=\"cuda\" \
+        --set train.run_dir=\"$T/gpu\" >"$T/train_gpu.log" 2>&1
+    rc=$?
+    t_check "wan-train tp=2 on two emulated GPUs over the NCCL stand-in (exit $rc)" [ $rc = 0 ]
+    [ $rc = 0 ] || tail -n 30 "$T/train_gpu.log"
+    bin/wan-train "${common[@]}" --set train.run_dir=\"$T/cpu\" >"$T/train_cpu.log" 2>&1
+    t_check "wan-train on the CPU, the same step" [ $? = 0 ]
+    python3 - "$T/gpu/steps.jsonl" "$T/cpu/steps.jsonl" <<'EOF' >"$T/cmp.log" 2>&1
+import json, sys
+def losses(p):
+    return [r["loss"] for r in map(json.loads, open(p)) if r["type"] == "step"]
+g, c = losses(sys.argv[1]), losses(sys.argv[2])
+assert len(g) == len(c) > 0, (len(g), len(c))
+worst = max(abs(a - b) / abs(b) for a, b in zip(g, c))
+print(f"losses {len(g)} steps, worst relative difference {worst:.2e} (bf16 GPU vs fp32 CPU)")
+sys.exit(0 if worst < 5e-2 else 1)
+EOF
+    rc=$?
+    t_check "tp=2 emulated losses follow the CPU run: $(tail -n1 "$T/cmp.log")" [ $rc = 0 ]
+fi
+t_summary
