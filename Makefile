@@ -152,9 +152,10 @@ $(BUILD)/bench/%: bench/%.c $(LIBWAN)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) $< $(LIBWAN) -o $@ $(LDLIBS)
 
 # benchmarks are built with the tests so that CI compiles them too; with CUDA, so is the
-# emulation build that runs the CUDA backend on the CPU (tests/integration/test_cuda_emu.sh)
+# emulation build that runs the CUDA backend on the CPU (tests/integration/test_cuda_emu.sh,
+# test_nccl_emu.sh)
 tests: $(PROGRAMS) $(TEST_BIN) $(TEST_TOOL_BIN) $(BENCH_BIN)
-ifeq ($(CUDA)$(EMU)$(WAN_EMU_IN_TESTS),101)
+ifeq ($(CUDA)$(EMU),10)
 tests: emu-build
 emu-build:
 	@$(MAKE) --no-print-directory EMU=1 emu-tools
@@ -193,7 +194,7 @@ test-gpu:
 # The CUDA backend on the CPU emulator: needs the CUDA toolkit's headers, not a GPU.
 test-emu:
 	@$(MAKE) --no-print-directory EMU=1 emu-tools
-	@tests/run.sh test_cuda_emu
+	@tests/run.sh test_cuda_emu test_nccl_emu
 
 bench-gpu:
 	@tests/gpu/unpack-debs.sh

@@ -76,6 +76,8 @@ def predict(cfg, world, seq_tokens, act=4, param=4):
     BL = B * L
     nmicro = tr['gbs'] // (tr['mbs'] * dp)
     fwd_passes = 2 if tr['recompute'] else 1
+    # a kept attention output: the backward's rebuild of a block skips the K/V ring
+    ring_passes = 2 if tr['recompute'] and tr.get('recompute_attention', False) else 1
     ar = lambda n, g: 2 * (g - 1) * n // g  # all-reduce of n bytes over g ranks (per call)
     out = {'tp': 0, 'cp': 0, 'dp': 0, 'pp': 0, 'dpcp': 0, 'mp': 0, 'world': 0}
     if t > 1:
@@ -90,7 +92,7 @@ def predict(cfg, world, seq_tokens, act=4, param=4):
             out['tp'] += sum(ar(n * 4, t) for n in tp_replicated_sizes(m))
     if c > 1:
         msg = 2 * Tf * Dl * act
-        out['cp'] = nmicro * m['num_layers'] * (fwd_passes * (c - 1) + (2 * c - 1)) * msg
+        out['cp'] = nmicro * m['num_layers'] * (ring_passes * (c - 1) + (2 * c - 1)) * msg
     if k > 1:
         chunk = param_total(m, t, k) // k
         out['dpcp'] = (k - 1) * chunk * 4 + (k - 1) * chunk * param + (k - 1) * 8

@@ -17,9 +17,11 @@ run tp2 2 --set parallel.tp=2
 run tp2-sp 2 --set parallel.tp=2 --set parallel.sp=true
 run tp2-recompute 2 --set parallel.tp=2 --set train.recompute=true
 run cp2 2 --set parallel.cp=2
+run cp2-recompute 2 --set parallel.cp=2 --set train.recompute=true
+run cp2-recompute-full 2 --set parallel.cp=2 --set train.recompute=true --set train.recompute_attention=true
 run cp2-tp2 4 --set parallel.cp=2 --set parallel.tp=2
 run cp2-tp2-sp 4 --set parallel.cp=2 --set parallel.tp=2 --set parallel.sp=true
 run dp2-cp2 4 --set parallel.cp=2
 echo "Bytes sent per rank per step (tiny model, fp32 CPU transport; ring-algorithm volumes):"
 /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$tmp"/dp2 "$tmp"/dp3 "$tmp"/tp2 "$tmp"/tp2-sp "$tmp"/tp2-recompute \
-    "$tmp"/cp2 "$tmp"/cp2-tp2 "$tmp"/cp2-tp2-sp "$tmp"/dp2-cp2
+    "$tmp"/cp2 "$tmp"/cp2-recompute "$tmp"/cp2-recompute-full "$tmp"/cp2-tp2 "$tmp"/cp2-tp2-sp "$tmp"/dp2-cp2

@@ -31,19 +31,21 @@ fi
 # ---- 2. MARKED PLACE: whole blocks, models and the PyTorch comparison --------------------------
 # Issue 6's benchmark, in this run on this GPU:
 #   a. build/bench/gpu_model --case 14b: a stack of Wan blocks at the 14B width (dim 5120, 40 heads,
-#      ffn 13824, text 512 x 4096) at sequence 37440 with recompute, as many layers as fit (probed:
+#      ffn 13824, text 512 x 4096) at sequence 37440 with recompute (keep-attention), as many layers as fit (probed:
 #      memory per layer from 1- and 2-layer runs); step time (forward + backward + AdamW), tokens/s,
 #      model TFLOP/s by the Wan formula restricted to the stack's layers; per-op time breakdown
 #   b. build/bench/gpu_model --case 1.3b: the 1.3B model (configs/wan2.1-1.3b.cfg, sequence 32760)
 #   c. bench/torch_block_gpu.py: the same model in PyTorch (bf16 autocast, SDPA, torch.compile,
-#      checkpointed blocks, fused AdamW) at the same shapes and layer count, timed the same way
+#      the same recompute, fused AdamW) at the same shapes and layer count, timed the same way
 # The merged table, with the date, the device and the versions filled in, is printed last and
 # written to build/bench-gpu/RESULTS-gpu-model.md for bench/RESULTS.md.
 # Environment: BENCH_CASES ("14b 1.3b"), BENCH_STEPS (5 timed steps), BENCH_WARMUP (2),
+# BENCH_RECOMPUTE (keep-attention, full or none; both implementations, every case),
 # BENCH_TORCH=0 skips PyTorch. One case with PyTorch takes a few minutes (torch.compile included).
 cases=${BENCH_CASES:-14b 1.3b}
 msteps=${BENCH_STEPS:-5}
 mwarm=${BENCH_WARMUP:-2}
+recompute=${BENCH_RECOMPUTE:-keep-attention}
 if [ ! -x build/bench/gpu_model ]; then
     echo "bench-gpu: build/bench/gpu_model is not built" >&2
     status=1
@@ -51,7 +53,7 @@ else
     for case in $cases; do
         rm -f "$OUT/wan_$case.json" "$OUT/torch_$case.json"
         echo "== whole model, ours: gpu_model --case $case"
-        build/bench/gpu_model --case "$case" --steps "$msteps" --warmup "$mwarm" --json "$OUT/wan_$case.json" \
+        build/bench/gpu_model --case "$case" --steps "$msteps" --warmup "$mwarm" --recompute "$recompute" --json "$OUT/wan_$case.json" \
             2>"$OUT/gpu_model_$case.err" | tee "$OUT/gpu_model_$case.txt" ||
             { status=1; tail -n 5 "$OUT/gpu_model_$case.err" >&2; }
         [ "${BENCH_TORCH:-1}" = 0 ] && continue
@@ -63,7 +65,7 @@ else
         fi
         echo "== whole model, PyTorch: bench/torch_block_gpu.py --case $case ${layers[*]}"
         python3 bench/torch_block_gpu.py --case "$case" "${layers[@]}" --steps "$msteps" --warmup "$mwarm" \
-            --json "$OUT/torch_$case.json" 2>"$OUT/torch_$case.err" | tee "$OUT/torch_$case.txt" ||
+            --recompute "$recompute" --json "$OUT/torch_$case.json" 2>"$OUT/torch_$case.err" | tee "$OUT/torch_$case.txt" ||
             { status=1; tail -n 5 "$OUT/torch_$case.err" >&2; }
     done
     # shellcheck disable=SC2086
@@ -124,8 +126,8 @@ for c in cases:
         if r['impl'] == 'wan':
             impl = 'wan (CUDA backend)'
         else:
-            impl = 'PyTorch (bf16 autocast, SDPA, %s%s)' % ('torch.compile' if r.get('compiled') else 'eager',
-                                                          ', checkpointed' if r.get('checkpoint') else '')
+            impl = 'PyTorch (bf16 autocast, SDPA, %s)' % ('torch.compile' if r.get('compiled') else 'eager')
+        impl += ', recompute %s' % r.get('recompute', '?')
         what = '%s, seq %s' % (r['what'], r.get('tokens', '?'))
         if not r.get('ok'):
             print('| %s | %s | %s | | | FAILED | | | |' % (what, impl, r.get('layers', '?')))

@@ -1,8 +1,10 @@
 /* gpu_model: whole-model training steps of the CUDA backend on one GPU (issue 6, "Benchmark"):
  *   14b   a stack of Wan 2.1 blocks at the 14B width (dim 5120, 40 heads of 128, ffn 13824, text
  *         512 x 4096) at the reference sequence 37440 (latents 24 x 60 x 104, one sample), with
- *         train.recompute on, as many layers as fit in the GPU's memory;
- *   1.3b  the Wan 2.1 1.3B model (configs/wan2.1-1.3b.cfg: 30 layers of dim 1536, sequence 32760).
+ *         recompute (--recompute: keep-attention by default, as train.recompute = true with
+ *         train.recompute_attention = false; full; none), as many layers as fit in the GPU's memory;
+ *   1.3b  the Wan 2.1 1.3B model (configs/wan2.1-1.3b.cfg: 30 layers of dim 1536, sequence 32760,
+ *         its recompute setting unless --recompute names one).
  * Each runs the real training step of wan-train: wan_model_forward (flow-matching loss) +
  * wan_model_backward + wan_optim_step (AdamW over every parameter, global-norm clipping), on
  * random weights and inputs (never zeros; the head is random, not the zero init, so gradients
@@ -33,7 +35,7 @@
  *
  *   gpu_model [--case 14b|1.3b|all] [--layers N] [--max-layers N] [--warmup N] [--steps N]
  *             [--device N] [--json FILE] [--no-breakdown] [--cpu-twin] [--mem-budget MIB]
- *             [--threads N]
+ *             [--threads N] [--recompute keep-attention|full|none]
  *
  * --cpu-twin runs the same logic on the CPU backend at a tiny size (dim 256, 2 heads of 128, 64
  * tokens; 1.3b: dim 128, 3 layers), with --mem-budget (default 48 MiB) in place of the GPU's free
@@ -82,8 +84,13 @@ typedef struct {
     const char *what; /* for the tables */
     wan_model_cfg mc; /* num_layers is set per run */
     int F, H, W;      /* latent frames, height, width (one sample) */
-    bool recompute, stack;
+    wan_recompute recompute;
+    bool stack;
 } bcase;
+
+static const char *recompute_name(wan_recompute r) {
+    return r == WAN_RECOMPUTE_FULL ? "full" : r == WAN_RECOMPUTE_KEEP_ATTENTION ? "keep-attention" : "none";
+}
 
 typedef struct {
     int ok, layers, nsteps;
@@ -632,7 +639,7 @@ static outcome run_case(const bcase *c, int layers) {
     o.c = c;
     printf("== %s: dim %d, %d heads, ffn %d, text %d x %d, latent %d x %d x %d -> %d tokens, recompute %s\n", c->what,
            c->mc.dim, c->mc.num_heads, c->mc.ffn_dim, c->mc.text_len, c->mc.text_dim, c->F, c->H, c->W, tokens_of(c),
-           c->recompute ? "on" : "off");
+           recompute_name(c->recompute));
     if (!c->stack || layers > 0) {
         int L = layers > 0 ? layers : c->mc.num_layers;
         o.r = spawn(c, L, warmup, steps, breakdown);
@@ -679,13 +686,13 @@ static void json_out(FILE *f, const outcome *o, bool last) {
             "  {\"case\": \"%s\", \"impl\": \"wan\", \"what\": \"%s\", \"ok\": %s, \"device\": \"%s\", "
             "\"versions\": \"%s\", "
             "\"layers\": %d, \"dim\": %d, \"heads\": %d, \"ffn\": %d, \"text_len\": %d, \"text_dim\": %d, "
-            "\"tokens\": %lld, \"recompute\": %s, \"flops_counted\": \"%s\", \"step_s\": %.9g, \"step_min_s\": %.9g, "
+            "\"tokens\": %lld, \"recompute\": \"%s\", \"flops_counted\": \"%s\", \"step_s\": %.9g, \"step_min_s\": %.9g, "
             "\"step_max_s\": %.9g, \"steps\": %d, \"tokens_per_s\": %.9g, \"model_tflops\": %.9g, "
             "\"tflops_layers\": %.9g, \"tflops_whole_formula\": %.9g, \"mem_peak_gib\": %.9g, \"mem_total_gib\": %.9g, "
             "\"mem_per_layer_gib\": %.9g, \"mem_base_gib\": %.9g, \"layers_fit\": %d, \"marginal_layer_s\": %.9g, "
             "\"marginal_layer_tflops\": %.9g}%s\n",
             c->key, c->what, r->ok ? "true" : "false", r->device, r->versions, r->layers, c->mc.dim, c->mc.num_heads,
-            c->mc.ffn_dim, c->mc.text_len, c->mc.text_dim, r->tokens, c->recompute ? "true" : "false",
+            c->mc.ffn_dim, c->mc.text_len, c->mc.text_dim, r->tokens, recompute_name(c->recompute),
             c->stack ? "3 x L x (self + cross + mlp), layers only" : "whole Wan formula", r->step_med, r->step_min,
             r->step_max, r->nsteps, r->ok ? (double)r->tokens / r->step_med : 0,
             r->ok ? fl / r->step_med / 1e12 : 0, r->ok ? r->flops_layers / r->step_med / 1e12 : 0,
@@ -697,7 +704,7 @@ static void json_out(FILE *f, const outcome *o, bool last) {
 static void usage(FILE *f) {
     fprintf(f, "Usage: gpu_model [--case 14b|1.3b|all] [--layers N] [--max-layers N] [--warmup N] [--steps N]\n"
                "                 [--device N] [--json FILE] [--no-breakdown] [--cpu-twin] [--mem-budget MIB]\n"
-               "                 [--threads N]\n"
+               "                 [--threads N] [--recompute keep-attention|full|none]\n"
                "Training steps of a 14B-width block stack (as many layers as fit) and of the 1.3B model on\n"
                "the CUDA backend: step time, tokens/s, model TFLOP/s (Wan formula), memory, per-op times.\n");
 }
@@ -710,9 +717,9 @@ int main(int argc, char **argv) {
         {"json", required_argument, 0, 'j'},     {"no-breakdown", no_argument, 0, 'B'},
         {"cpu-twin", no_argument, 0, 'C'},       {"mem-budget", required_argument, 0, 'm'},
         {"threads", required_argument, 0, 't'},  {"help", no_argument, 0, 'h'},
-        {"fit-extra", required_argument, 0, 'X'},
+        {"fit-extra", required_argument, 0, 'X'}, {"recompute", required_argument, 0, 'R'},
         {0, 0, 0, 0}};
-    const char *which = "all", *json = NULL;
+    const char *which = "all", *json = NULL, *recompute = NULL;
     int layers = 0, c;
     budget_mib = 48;
     while ((c = getopt_long(argc, argv, "c:L:M:w:n:d:j:Cm:t:h", opts, NULL)) != -1) {
@@ -729,13 +736,15 @@ int main(int argc, char **argv) {
         case 'm': budget_mib = atof(optarg); break;
         case 't': threads = atoi(optarg); break;
         case 'X': fit_extra = atoi(optarg); break;
+        case 'R': recompute = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     bool all = !strcmp(which, "all");
     if (optind < argc || (!all && strcmp(which, "14b") && strcmp(which, "1.3b")) || steps < 1 || steps > 64 ||
-        warmup < 0 || layers < 0 || max_layers < 1 || budget_mib <= 0) {
+        warmup < 0 || layers < 0 || max_layers < 1 || budget_mib <= 0 ||
+        (recompute && strcmp(recompute, "keep-attention") && strcmp(recompute, "full") && strcmp(recompute, "none"))) {
         usage(stderr);
         return 2;
     }
@@ -759,7 +768,7 @@ int main(int argc, char **argv) {
     bcase cases[2];
     wan_model_cfg m14;
     wan_flops_wan21_14b(&m14);
-    cases[0] = (bcase){"14b", "14B-width block stack", m14, 24, 60, 104, true, true};
+    cases[0] = (bcase){"14b", "14B-width block stack", m14, 24, 60, 104, WAN_RECOMPUTE_KEEP_ATTENTION, true};
     wan_config c13;
     wan_config_defaults(&c13);
     const char *p13 = "configs/wan2.1-1.3b.cfg";
@@ -769,7 +778,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     cases[1] = (bcase){"1.3b", "Wan 2.1 1.3B model", c13.model, c13.train.latent_shape[0], c13.train.latent_shape[1],
-                       c13.train.latent_shape[2], c13.train.recompute, false};
+                       c13.train.latent_shape[2], wan_recompute_of(&c13.train), false};
+    if (recompute)
+        for (int i = 0; i < 2; i++)
+            cases[i].recompute = !strcmp(recompute, "full")   ? WAN_RECOMPUTE_FULL
+                                 : !strcmp(recompute, "none") ? WAN_RECOMPUTE_NONE
+                                                              : WAN_RECOMPUTE_KEEP_ATTENTION;
     if (twin) { /* the same logic at a size a CPU runs in seconds */
         wan_model_cfg *a = &cases[0].mc, *b = &cases[1].mc;
         a->dim = 256, a->num_heads = 2, a->ffn_dim = 512, a->text_len = 16, a->text_dim = 64;

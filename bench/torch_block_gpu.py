@@ -8,10 +8,13 @@ RoPE, cross-attention to the text, tanh-GELU FFN, gated residuals), the head, th
 loss with weight 1 + 2.5 sigma. Precision as wan-train's CUDA backend: fp32 parameters (they are
 AdamW's masters), bf16 autocast for the matrix work, fp32 residual stream, time embedding,
 modulation, norms' statistics and head. Attention: F.scaled_dot_product_attention (PyTorch picks
-its fused kernel: cuDNN or FlashAttention on Hopper). Each block is one function compiled once
-with torch.compile (its weights are arguments, so all layers share the compiled code) and
-checkpointed (torch.utils.checkpoint, non-reentrant): the activation recompute that gpu_model
-runs with train.recompute on. AdamW (fused), global-norm clipping at 1.0.
+its fused kernel: cuDNN or FlashAttention on Hopper). Each block is compiled once with
+torch.compile (its weights are arguments, so all layers share the compiled code) and
+checkpointed (torch.utils.checkpoint, non-reentrant) as gpu_model recomputes (--recompute):
+keep-attention (the default, as train.recompute = true with train.recompute_attention = false)
+checkpoints the block in two parts, before and after the self-attention core, so that the
+backward recomputes everything but the fused attention, whose output autograd keeps; full
+checkpoints the whole block; none keeps everything. AdamW (fused), global-norm clipping at 1.0.
 
 Timing as gpu_model: --warmup steps (the first compiles), then --steps steps, each ended by
 torch.cuda.synchronize() and timed with the host clock; the median is reported. Model FLOPs by the
@@ -107,22 +110,31 @@ def attention(q, k, v):
 
 
 def make_block(dev_type, heads, amp=True):
-    """One block as a function of its input, e0, the text context, the RoPE tables and its weights.
-    amp=False: plain fp32 (the --self-check against the reference)."""
+    """One block as a function of its input, e0, the text context, the RoPE tables and its weights,
+    in two parts around the self-attention core: qkv(x, e0, cos, sin, *w) -> (q, k, v) ready for
+    attention, rest(x, a, e0, ctx, *w) -> the block's output from its input and the attention
+    output. block(x, e0, ctx, cos, sin, *w) is the whole. amp=False: plain fp32 (the --self-check
+    against the reference)."""
     bf = torch.bfloat16 if amp else torch.float32
 
-    def block(x, e0, ctx, cos, sin, *w):
+    def qkv(x, e0, cos, sin, *w):
         W = dict(zip(BLOCK_KEYS, w))
         B, S, D = x.shape
-        H, hd, L = heads, D // heads, ctx.shape[1]
+        H, hd = heads, D // heads
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
             m = (W['modulation'] + e0).chunk(6, dim=1)  # fp32 [B, 1, D] each
-            # self-attention
             y = F.layer_norm(x, (D,), eps=EPS) * (1 + m[1]) + m[0]
             q = rms(F.linear(y, W['q.w'], W['q.b']), W['norm_q']).view(B, S, H, hd)
             k = rms(F.linear(y, W['k.w'], W['k.b']), W['norm_k']).view(B, S, H, hd)
             v = F.linear(y, W['v.w'], W['v.b']).view(B, S, H, hd)
-            a = attention(rope(q, cos, sin).to(bf), rope(k, cos, sin).to(bf), v.to(bf))
+            return rope(q, cos, sin).to(bf), rope(k, cos, sin).to(bf), v.to(bf)
+
+    def rest(x, a, e0, ctx, *w):
+        W = dict(zip(BLOCK_KEYS, w))
+        B, S, D = x.shape
+        H, hd, L = heads, D // heads, ctx.shape[1]
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+            m = (W['modulation'] + e0).chunk(6, dim=1)
             x = x + F.linear(a, W['o.w'], W['o.b']).float() * m[2]
             # cross-attention (affine norm3, no gate)
             y = F.layer_norm(x, (D,), W['norm3.w'], W['norm3.b'], eps=EPS)
@@ -136,7 +148,10 @@ def make_block(dev_type, heads, amp=True):
             h = F.gelu(F.linear(y, W['f0.w'], W['f0.b']), approximate='tanh')
             x = x + F.linear(h, W['f2.w'], W['f2.b']).float() * m[5]
         return x
-    return block
+
+    def block(x, e0, ctx, cos, sin, *w):
+        return rest(x, attention(*qkv(x, e0, cos, sin, *w)), e0, ctx, *w)
+    return block, qkv, rest
 
 
 def init_params(c, layers, device):
@@ -181,7 +196,10 @@ def sinusoid(t, dim):
     return torch.cat([torch.cos(s), torch.sin(s)], dim=1).float()
 
 
-def make_step(c, P, blocks, dev_type, block_fn, checkpoint, amp=True):
+def make_step(c, P, blocks, dev_type, fns, recompute, amp=True):
+    block_fn, qkv_fn, rest_fn = fns
+    ckpt = torch.utils.checkpoint.checkpoint
+
     D = c['dim']
     pt, ph, pw = PATCH
 
@@ -202,8 +220,11 @@ def make_step(c, P, blocks, dev_type, block_fn, checkpoint, amp=True):
             e0 = F.linear(F.silu(e), P['tp.w'], P['tp.b']).unflatten(1, (6, D))
         ctx = ctx.to(torch.bfloat16 if amp else torch.float32)
         for w in blocks:
-            if checkpoint:
-                x = torch.utils.checkpoint.checkpoint(block_fn, x, e0, ctx, cos, sin, *w, use_reentrant=False)
+            if recompute == 'full':
+                x = ckpt(block_fn, x, e0, ctx, cos, sin, *w, use_reentrant=False)
+            elif recompute == 'keep-attention':
+                a = attention(*ckpt(qkv_fn, x, e0, cos, sin, *w, use_reentrant=False))
+                x = ckpt(rest_fn, x, a, e0, ctx, *w, use_reentrant=False)
             else:
                 x = block_fn(x, e0, ctx, cos, sin, *w)
         with torch.autocast(dev_type, enabled=False):  # head in fp32
@@ -229,10 +250,10 @@ def run(c, layers, args, device):
     params = list(P.values()) + [t for b in blocks for t in b]
     kw = {'fused': True} if dev_type == 'cuda' else {}
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, **kw)
-    block_fn = make_block(dev_type, c['heads'])
+    fns = make_block(dev_type, c['heads'])
     compiled = False
     if args.compile and hasattr(torch, 'compile'):
-        block_fn = torch.compile(block_fn, dynamic=False)
+        fns = tuple(torch.compile(f, dynamic=False) for f in fns)
         compiled = True
     g = torch.Generator(device='cpu').manual_seed(1)
     latent = torch.randn(1, IN_DIM, Fr, Hh, Ww, generator=g).to(device)
@@ -243,7 +264,7 @@ def run(c, layers, args, device):
     sync = torch.cuda.synchronize if dev_type == 'cuda' else (lambda: None)
     if dev_type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    step = make_step(c, P, blocks, dev_type, block_fn, args.checkpoint)
+    step = make_step(c, P, blocks, dev_type, fns, args.recompute)
     times, losses = [], []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
@@ -253,9 +274,9 @@ def run(c, layers, args, device):
             if compiled and not isinstance(e, torch.cuda.OutOfMemoryError) and i == 0:
                 print('torch_block_gpu: torch.compile failed (%s: %s); running eager' % (type(e).__name__,
                       str(e).splitlines()[0] if str(e) else ''), file=sys.stderr)
-                block_fn = make_block(dev_type, c['heads'])
+                fns = make_block(dev_type, c['heads'])
                 compiled = False
-                step = make_step(c, P, blocks, dev_type, block_fn, args.checkpoint)
+                step = make_step(c, P, blocks, dev_type, fns, args.recompute)
                 loss = step(latent, noise, sigma, text, cos, sin, opt, params)
             else:
                 raise
@@ -276,7 +297,7 @@ def run(c, layers, args, device):
             'steps': len(times), 'tokens_per_s': S / med, 'model_tflops': fl / med / 1e12,
             'tflops_layers': fl_layers / med / 1e12, 'tflops_whole_formula': fl_model / med / 1e12,
             'mem_peak_gib': peak / 2**30, 'mem_total_gib': total / 2**30, 'compiled': compiled,
-            'checkpoint': args.checkpoint, 'losses': losses}
+            'recompute': args.recompute, 'losses': losses}
 
 
 def self_check():
@@ -322,12 +343,26 @@ def self_check():
             pass
 
     cos, sin = rope_tables((Fr // PATCH[0], Hh // PATCH[1], Ww // PATCH[2]), c['dim'] // c['heads'], dev)
-    step = make_step(c, P, blocks, 'cpu', make_block('cpu', c['heads'], amp=False), True, amp=False)
-    got = step(latent, noise, sigma, text, cos, sin, NoOpt(), list(m.values())).detach()
-    rel = abs(float(got) - float(want)) / abs(float(want))
-    ok = len(m) == 15 + len(BLOCK_KEYS) * L and rel < 1e-5
-    print('self-check: wan_reference.py loss %.7f, this model %.7f (fp32, %d tensors): rel diff %.2e: %s' % (
-        float(want), float(got), len(m), rel, 'ok' if ok else 'FAIL'))
+    ok = len(m) == 15 + len(BLOCK_KEYS) * L
+    for recompute in ('keep-attention', 'full', 'none'):
+        step = make_step(c, P, blocks, 'cpu', make_block('cpu', c['heads'], amp=False), recompute, amp=False)
+        got = step(latent, noise, sigma, text, cos, sin, NoOpt(), list(m.values())).detach()
+        rel = abs(float(got) - float(want)) / abs(float(want))
+        ok = ok and rel < 1e-5
+        print('self-check (recompute %s): wan_reference.py loss %.7f, this model %.7f (fp32, %d tensors): '
+              'rel diff %.2e: %s' % (recompute, float(want), float(got), len(m), rel, 'ok' if rel < 1e-5 else 'FAIL'))
+    # the three ways of recomputing give the same gradients
+    grads = []
+    for recompute in ('keep-attention', 'full', 'none'):
+        for t in m.values():
+            t.grad = None
+        step = make_step(c, P, blocks, 'cpu', make_block('cpu', c['heads'], amp=False), recompute, amp=False)
+        step(latent, noise, sigma, text, cos, sin, NoOpt(), list(m.values()))
+        grads.append(torch.cat([t.grad.flatten() for t in m.values()]))
+    gdiff = max(float((g - grads[2]).abs().max() / grads[2].abs().max()) for g in grads[:2])
+    ok = ok and gdiff < 1e-5
+    print('self-check: gradients with keep-attention / full recompute against none: worst %.2e: %s' % (
+        gdiff, 'ok' if gdiff < 1e-5 else 'FAIL'))
     return 0 if ok else 1
 
 
@@ -340,7 +375,8 @@ def main():
     ap.add_argument('--device', default='cuda')
     ap.add_argument('--tiny', action='store_true', help="gpu_model --cpu-twin's sizes")
     ap.add_argument('--no-compile', dest='compile', action='store_false')
-    ap.add_argument('--no-checkpoint', dest='checkpoint', action='store_false')
+    ap.add_argument('--recompute', choices=('keep-attention', 'full', 'none'), default='keep-attention',
+                    help="activation recompute, as gpu_model's (default keep-attention)")
     ap.add_argument('--threads', type=int, default=0)
     ap.add_argument('--json', default='')
     ap.add_argument('--self-check', action='store_true',
@@ -371,7 +407,7 @@ def main():
         name, versions = 'CPU (%d threads)' % torch.get_num_threads(), 'PyTorch %s' % torch.__version__
     rec = {'case': args.case, 'impl': 'torch', 'what': c['what'], 'device': name, 'versions': versions,
            'dim': c['dim'], 'heads': c['heads'], 'ffn': c['ffn'], 'text_len': c['text_len'], 'text_dim': c['text_dim'],
-           'recompute': args.checkpoint, 'ok': False,
+           'recompute': args.recompute, 'ok': False,
            'flops_counted': '3 x L x (self + cross + mlp), layers only' if c['stack'] else 'whole Wan formula'}
     tries = 3 if c['stack'] else 1
     for t in range(tries):
@@ -397,7 +433,7 @@ def main():
         print('| PyTorch: %s | %d | %.1f / %.1f | %.1f | %.0f | **%.1f** | %s%s |' % (
             c['what'], rec['layers'], rec['mem_peak_gib'], rec['mem_total_gib'], rec['step_s'] * 1e3,
             rec['tokens_per_s'], rec['model_tflops'], 'compiled' if rec['compiled'] else 'eager',
-            ', checkpointed' if rec['checkpoint'] else ''))
+            ', recompute ' + rec['recompute']))
         print('  %s on %s; losses %s' % (versions, name, ' '.join('%.4f' % v for v in rec['losses'])))
     else:
         print('| PyTorch: %s | %s | FAILED: %s |' % (c['what'], rec.get('layers', '?'), rec.get('error', '?')))

@@ -87,6 +87,9 @@ static const key_desc keys[] = {
     {"train.seed", K_INT64, OFF(train.seed), 0, 0, 9.2e18, NULL, "1234", "seed of all randomness"},
     {"train.recompute", K_BOOL, OFF(train.recompute), 0, 0, 1, NULL, "false",
      "recompute block activations in the backward"},
+    {"train.recompute_attention", K_BOOL, OFF(train.recompute_attention), 0, 0, 1, NULL, "false",
+     "with recompute: recompute the self-attention core too (false keeps each block's attention output "
+     "and log-sum-exp, the cheapest activations to keep for the most work saved)"},
     {"train.device", K_STRING, STR(train.device), 0, 0, "cpu|cuda", "cpu", "backend"},
     {"train.threads", K_INT, OFF(train.threads), 0, 0, 4096, NULL, "0",
      "CPU threads per rank (0 = cores / local ranks)"},

@@ -42,6 +42,7 @@ typedef struct {
     char objective[16];  /* pretrain | finetune */
     int64_t seed;
     bool recompute;      /* recompute each block's activations in the backward */
+    bool recompute_attention; /* with recompute: the self-attention core too (false keeps its output) */
     char device[8];      /* cpu | cuda */
     int threads;         /* CPU threads per rank; 0 = cores / local ranks */
     char run_dir[WAN_PATH_MAX];

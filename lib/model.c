@@ -23,7 +23,7 @@ static int64_t off_block(const wan_model *m, int l, const char *suffix, int *mis
     return off_of(m, name, missing);
 }
 
-int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, bool recompute) {
+int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->be = be;
@@ -235,16 +235,21 @@ static void layout(wan_model *m, bump *b) {
     a->rope_cos = take(b, (size_t)s->S_pad * half * fs);
     a->rope_sin = take(b, (size_t)s->S_pad * half * fs);
 
-    int nsets = m->recompute ? 1 : m->cfg.num_layers;
+    int nsets = m->recompute != WAN_RECOMPUTE_NONE ? 1 : m->cfg.num_layers;
+    bool keep_att = m->recompute == WAN_RECOMPUTE_KEEP_ATTENTION;
     for (int l = 0; l < m->cfg.num_layers; l++) {
         wan_block_acts *k = &a->blocks[l];
         k->x_in = take(b, T * D * fs);
         if (l >= nsets) {
-            /* recompute: the rest is shared with block 0's set */
+            /* recompute: the rest is shared with block 0's set, but for what each block keeps */
             wan_block_acts *z = &a->blocks[0];
-            float *x_in = k->x_in;
+            wan_block_acts own = *k;
             *k = *z;
-            k->x_in = x_in;
+            k->x_in = own.x_in;
+            if (keep_att) {
+                k->att = take(b, Tf * Dl * as);
+                k->lse = take(b, lse * fs);
+            }
             continue;
         }
         k->x1 = take(b, T * D * fs);
@@ -524,9 +529,12 @@ int wan_model_backward(wan_model *m) {
     /* blocks, last first; with recompute each block's activations are rebuilt from its input */
     for (int l = m->cfg.num_layers - 1; l >= 0; l--) {
         wan_block_acts *k = &a->blocks[l];
-        if (m->recompute) {
+        if (m->recompute != WAN_RECOMPUTE_NONE) {
             be->copy(be, a->x, k->x_in, (size_t)s->T * D * sizeof(float));
-            WAN_TRY(wan_block_forward(m, l, k));
+            m->recomputing = true;
+            int rc = wan_block_forward(m, l, k);
+            m->recomputing = false;
+            WAN_TRY(rc);
         }
         WAN_TRY(wan_block_backward(m, l, k));
     }

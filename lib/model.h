@@ -25,7 +25,8 @@ typedef struct {
 } wan_block_offsets;
 
 /* Saved activations of one block (backend memory). With recompute only x_in is kept per
- * block and the rest lives in one shared set, recomputed before each block's backward. */
+ * block (and att, lse with WAN_RECOMPUTE_KEEP_ATTENTION) and the rest lives in one shared set,
+ * recomputed before each block's backward. */
 typedef struct {
     float *x_in, *x1, *x2;                /* residual at the three norms' inputs [T, D] */
     float *mod;                           /* modulation + e0 [B, 6D] */
@@ -49,6 +50,21 @@ typedef struct {
     float *ff_y;                          /* FFN output, reduced, no bias [T, D] */
 } wan_block_acts;
 
+/* What the backward rebuilds instead of keeping. KEEP_ATTENTION recomputes everything but the
+ * self-attention core: at long sequences that core is most of a block's forward FLOPs (4 S^2 D
+ * against about 24 S D^2) while its output is one [S, D/tp] act tensor per block. */
+typedef enum {
+    WAN_RECOMPUTE_NONE,
+    WAN_RECOMPUTE_FULL,
+    WAN_RECOMPUTE_KEEP_ATTENTION,
+} wan_recompute;
+
+/* The mode a training configuration asks for (train.recompute, train.recompute_attention). */
+static inline wan_recompute wan_recompute_of(const wan_train_cfg *t) {
+    if (!t->recompute) return WAN_RECOMPUTE_NONE;
+    return t->recompute_attention ? WAN_RECOMPUTE_FULL : WAN_RECOMPUTE_KEEP_ATTENTION;
+}
+
 typedef struct {
     int B, C, F, H, W;     /* latent shape of the micro-batch */
     int Fp, Hp, Wp;        /* token grid */
@@ -71,7 +87,8 @@ typedef struct wan_model {
         o_tp_w, o_tp_b, o_head_w, o_head_b, o_head_mod;
     int D, Dl, Fl, Hl, hd, L, Ct, P_in, P_out;
     float attn_scale; /* 1 / sqrt(head_dim) */
-    bool recompute;
+    wan_recompute recompute;
+    bool recomputing; /* inside the backward's rebuild of a block (skips a kept attention core) */
     wan_shape sh;
     void *arena; /* activations of the current shape (model.c owns the layout) */
     struct wan_model_acts *a;
@@ -90,7 +107,7 @@ typedef struct {
     const float *timestep;  /* [B] overrides 1000 sigma, or NULL */
 } wan_model_input;
 
-int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, bool recompute);
+int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute);
 void wan_model_destroy(wan_model *m);
 /* Allocate activations for a micro-batch shape (no-op if unchanged). */
 int wan_model_set_shape(wan_model *m, int B, int C, int F, int H, int W);

@@ -185,7 +185,8 @@ int wan_block_forward(wan_model *m, int l, wan_block_acts *k) {
                    (char *)qkv_b + (size_t)2 * Dl * wan_dtype_size(be->param), Tf, Dl, D);
     WAN_TRY(qk_norm_forward(m, k->qn, Dl, k->rr_q, k->qk, 2 * Dl, Tf, o->nq, &a->rope, tkf, k->kv, Dl, k->rr_k,
                             ACT_AT(m, k->qk, Dl), 2 * Dl, Tf, o->nk, &a->rope, tkf));
-    WAN_TRY(self_attention_forward(m, k));
+    /* a kept attention output is what this call would compute again (every op is deterministic) */
+    if (!(m->recomputing && m->recompute == WAN_RECOMPUTE_KEEP_ATTENTION)) WAN_TRY(self_attention_forward(m, k));
     op->matmul_fwd(be, a->y_part, WAN_F32, k->att, act, PARAM(m, o->o_w), NULL, Tf, D, Dl);
     WAN_TRY(reduce_rows(m, k->sa_y, a->y_part, D));
     op->residual_fwd(be, x, k->sa_y, PARAM(m, o->o_b), gate1, 6 * D, tk, D);

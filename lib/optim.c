@@ -100,11 +100,20 @@ int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out) {
     size_t n = (size_t)(o->hi - o->lo);
     if (d->dpcp_g.size > 1) WAN_TRY(wan_reduce_scatter(&d->dpcp_g, o->gshard, m->g, n, WAN_F32));
 
-    /* global norm: every element once (tp-replicated tensors counted on tp rank 0) */
+    /* global norm: every element once (tp-replicated tensors counted on tp rank 0), one sum per
+     * run of adjacent counted segments (one for the whole shard on tp rank 0): each sum is a
+     * device round trip */
     double ss = 0;
-    for (int i = 0; i < o->nseg; i++)
-        if (o->seg[i].in_norm)
-            ss += be->ops->sumsq(be, o->gshard + (o->seg[i].lo - o->lo), (size_t)(o->seg[i].hi - o->seg[i].lo));
+    for (int i = 0; i < o->nseg;) {
+        if (!o->seg[i].in_norm) {
+            i++;
+            continue;
+        }
+        int j = i + 1;
+        while (j < o->nseg && o->seg[j].in_norm && o->seg[j].lo == o->seg[j - 1].hi) j++;
+        ss += be->ops->sumsq(be, o->gshard + (o->seg[i].lo - o->lo), (size_t)(o->seg[j - 1].hi - o->seg[i].lo));
+        i = j;
+    }
     WAN_TRY(sum_double(o, &d->dpcp_g, &ss));
     WAN_TRY(sum_double(o, &d->mp_g, &ss));
     double norm = sqrt(ss);

@@ -80,7 +80,7 @@ static int setup(job *j, const wan_train_opts *opts) {
         wan_info("world %d = tp %d x cp %d x dp %d x pp %d%s; backend %s", j->rt.dist.world, j->rt.dist.tp, j->rt.dist.cp,
                  j->rt.dist.dp, j->rt.dist.pp, j->rt.dist.sp ? " (sequence parallel)" : "", j->rt.be->device_name);
 
-    WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, cfg->train.recompute));
+    WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, wan_recompute_of(&cfg->train)));
     float *init = malloc((size_t)j->model.ps.total * sizeof(float));
     if (!init) return wan_fail(WAN_ERR_RUNTIME, "out of host memory for the initial weights");
     wan_params_init_host(&j->model.ps, (uint64_t)cfg->train.seed, init);

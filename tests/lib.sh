@@ -38,3 +38,18 @@ t_same_state() {
         t_ok "$1: weights, masters and moments match"
     else t_fail "$1: weights, masters and moments differ"; fi
 }
+
+# ---- CUDA emulation tests (test_cuda_emu.sh, test_nccl_emu.sh) ----
+# t_emu_skip: true (after saying why) when this checkout's tests do not include the emulation
+# build: no CUDA toolkit headers, or a CPU-only build (make CUDA=0). A CUDA build makes it.
+t_emu_skip() {
+    if ! [ -f "${CUDA_HOME:-/usr/local/cuda}/include/cuda_runtime.h" ]; then
+        echo "skipped: no CUDA toolkit headers (the emulation build needs them, not a GPU)"
+        return 0
+    fi
+    if [ -e "$ROOT/build/.variant-cuda0" ] && ! [ -d "$ROOT/build/emu" ]; then
+        echo "skipped: CPU-only build (make CUDA=0); the emulation build comes with CUDA builds"
+        return 0
+    fi
+    return 1
+}

@@ -38,13 +38,14 @@ extern "C" void wan_cuda_adamw(wan_backend *be, float *master, float *m, float *
     WAN_CU_LAUNCH(st);
 }
 
-/* Sum of squares: a fixed grid (independent of the device) of per-thread double sums over a
- * fixed stride, block sums in a fixed order, then one block adds the block sums in order. */
+/* Sum of squares: a grid that depends on n only (never on the device) of per-thread double sums
+ * over a fixed stride, block sums in a fixed order, then one block adds the block sums in order.
+ * Small tensors get as many blocks as they fill, not the cap. */
 #define WAN_SUMSQ_BLOCKS 512
 
 __global__ void k_sumsq_part(double *part, const float *x, size_t n) {
     double acc = 0.0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)WAN_SUMSQ_BLOCKS * blockDim.x) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         double v = x[i];
         acc += v * v;
     }
@@ -52,9 +53,9 @@ __global__ void k_sumsq_part(double *part, const float *x, size_t n) {
     if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
-__global__ void k_sumsq_final(double *out, const double *part) {
+__global__ void k_sumsq_final(double *out, const double *part, int nparts) {
     double acc = 0.0;
-    for (int i = threadIdx.x; i < WAN_SUMSQ_BLOCKS; i += blockDim.x) acc += part[i];
+    for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += part[i];
     acc = block_sum_d(acc);
     if (threadIdx.x == 0) *out = acc;
 }
@@ -64,9 +65,10 @@ extern "C" double wan_cuda_sumsq(wan_backend *be, const float *x, size_t n) {
     wan_cuda *c = wan_cuda_of(be);
     cudaStream_t st = c->stream;
     double *part = (double *)wan_cuda_scratch(be, WAN_SCR_REDUCE, (WAN_SUMSQ_BLOCKS + 1) * sizeof(double));
-    k_sumsq_part<<<WAN_SUMSQ_BLOCKS, WAN_THREADS, 0, st>>>(part, x, n);
+    unsigned blocks = wan_grid_1d(n) < WAN_SUMSQ_BLOCKS ? wan_grid_1d(n) : WAN_SUMSQ_BLOCKS;
+    k_sumsq_part<<<blocks, WAN_THREADS, 0, st>>>(part, x, n);
     WAN_CU_LAUNCH(st);
-    k_sumsq_final<<<1, WAN_THREADS, 0, st>>>(part + WAN_SUMSQ_BLOCKS, part);
+    k_sumsq_final<<<1, WAN_THREADS, 0, st>>>(part + WAN_SUMSQ_BLOCKS, part, (int)blocks);
     WAN_CU_LAUNCH(st);
     WAN_CU(cudaMemcpyAsync(c->host_result, part + WAN_SUMSQ_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost, st));
     WAN_CU(cudaStreamSynchronize(st));

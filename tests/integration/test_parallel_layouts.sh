@@ -32,6 +32,17 @@ layout cp2 2 --set parallel.cp=2
 layout cp2-tp2 4 --set parallel.cp=2 --set parallel.tp=2
 layout dp2-cp2 4 --set parallel.cp=2
 layout dp3-uneven 3
+# recompute: the backward rebuilds each block from its input, keeping the self-attention output
+# (the default) or not; the ring of the kept attention is not run again
+layout cp2-tp2-recompute 4 --set parallel.cp=2 --set parallel.tp=2 --set train.recompute=true
+layout cp2-recompute-full 2 --set parallel.cp=2 --set train.recompute=true --set train.recompute_attention=true
+# every op is deterministic: recomputed activations are the kept ones, so the state is identical
+for mode in keep:false full:true; do
+    train "recompute-${mode%%:*}" 1 --set train.recompute=true --set train.recompute_attention="${mode#*:}" ||
+        t_fail "single process with recompute (${mode%%:*}) failed"
+    t_check "single process, recompute ${mode%%:*}: checkpoint bit-identical to no recompute" \
+        cmp -s "$T_TMP/base/checkpoints/latest/rank00000.bin" "$T_TMP/recompute-${mode%%:*}/checkpoints/latest/rank00000.bin"
+done
 
 # a sequence that does not split evenly (27 tokens over cp 2, or cp 2 x tp 2 with sp) is
 # padded and the padding masked: same losses and state as the single process
@@ -50,7 +61,7 @@ layout27 cp2-padded 2 --set parallel.cp=2
 layout27 cp2-tp2-sp-padded 4 --set parallel.cp=2 --set parallel.tp=2 --set parallel.sp=true
 
 # every rank sent exactly the bytes the parallel design predicts (bench/comm_volume.py)
-if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-padded,cp2-tp2-sp-padded} >"$T_TMP/volume" 2>&1; then
+if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-tp2-recompute,cp2-recompute-full,cp2-padded,cp2-tp2-sp-padded} >"$T_TMP/volume" 2>&1; then
     t_ok "bytes sent per step equal the design's prediction in every layout"
 else t_fail "communication volume differs from the design"; cat "$T_TMP/volume"; fi
 

@@ -647,14 +647,20 @@ static void test_adamw(void) {
 
 static void test_sumsq(void) {
     if (!selected("sumsq")) return;
-    size_t n = SIZE(1000003, 70001);
-    pair x;
-    pair_rand(&x, n, WAN_F32, 1.0f);
-    double c = cpu->ops->sumsq(cpu, x.c, n), g = gpu->ops->sumsq(gpu, x.g, n), g2 = gpu->ops->sumsq(gpu, x.g, n);
-    double rel = fabs(g - c) / c;
-    verdict("sumsq", "total", rel <= 1e-9 && g == g2 && c > 0, "%10.3e %10s %8.0e", rel,
-            g == g2 ? "repeatable" : "VARIES", 1e-9);
-    pair_free(&x);
+    /* the grid follows n up to its cap: one partial block, a few, and the cap */
+    size_t sizes[] = {1, 255, 257, 5000, SIZE(1000003, 70001)};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        pair x;
+        pair_rand(&x, n, WAN_F32, 1.0f);
+        double c = cpu->ops->sumsq(cpu, x.c, n), g = gpu->ops->sumsq(gpu, x.g, n), g2 = gpu->ops->sumsq(gpu, x.g, n);
+        double rel = fabs(g - c) / c;
+        char what[32];
+        snprintf(what, sizeof what, "n=%zu", n);
+        verdict("sumsq", what, rel <= 1e-9 && g == g2 && c > 0, "%10.3e %10s %8.0e", rel,
+                g == g2 ? "repeatable" : "VARIES", 1e-9);
+        pair_free(&x);
+    }
 }
 
 /* ---------------------------------------------------------------- backend memory */

@@ -6,7 +6,7 @@
  *   tiny   configs/tiny.cfg's dims (dim 64, 2 heads of 32, ffn 128, 2 layers, text 16 x 32),
  *          2 samples of 3 x 8 x 8 latents (48 tokens), no recompute
  *   hd128  dim 256, 2 heads of 128 (the head size cuDNN's fused attention is built for), ffn 512,
- *          2 layers, text 24 x 64, 2 samples of 4 x 8 x 12 latents (96 tokens), recompute on
+ *          2 layers, text 24 x 64, 2 samples of 4 x 8 x 12 latents (96 tokens), recompute keeping the attention output
  * Weights come from the model's initialiser on the host, with random values where it puts
  * constants (zero biases, the zero head, unit norm weights) and xavier-normal for the text and time
  * embeddings (see init_weights), rounded to the GPU's parameter dtype and set on both models. Latents, text and noise are random normals, sigma from the pretraining
@@ -403,7 +403,7 @@ typedef struct {
     const char *name;
     wan_model_cfg mc;
     int B, F, H, W;
-    bool recompute;
+    wan_recompute recompute;
 } mcase;
 
 typedef struct {
@@ -587,7 +587,7 @@ static int run_case(const mcase *c, wan_dist *dist, const wan_train_cfg *tc) {
            c->name, c->mc.dim, c->mc.num_heads, c->mc.dim / c->mc.num_heads, c->mc.ffn_dim, c->mc.num_layers,
            c->mc.text_len, c->mc.text_dim, c->B, c->F, c->H, c->W,
            c->F / c->mc.patch_size[0] * (c->H / c->mc.patch_size[1]) * (c->W / c->mc.patch_size[2]),
-           c->recompute ? ", recompute" : "");
+           c->recompute == WAN_RECOMPUTE_FULL ? ", full recompute" : c->recompute ? ", recompute (attention kept)" : "");
     fflush(stdout);
     wan_model mc, mg;
     if (wan_model_create(&mc, &c->mc, cpu, dist, c->recompute) ||
@@ -781,10 +781,10 @@ int main(int argc, char **argv) {
 
     mcase cases[2];
     cases[0] = (mcase){"tiny", cfg.model, 2, cfg.train.latent_shape[0], cfg.train.latent_shape[1],
-                       cfg.train.latent_shape[2], false};
+                       cfg.train.latent_shape[2], WAN_RECOMPUTE_NONE};
     wan_model_cfg h = cfg.model;
     h.dim = 256, h.num_heads = 2, h.ffn_dim = 512, h.num_layers = 2, h.text_dim = 64, h.text_len = 24;
-    cases[1] = (mcase){"hd128", h, 2, 4, 8, 12, true};
+    cases[1] = (mcase){"hd128", h, 2, 4, 8, 12, WAN_RECOMPUTE_KEEP_ATTENTION};
     int rc = 0;
     for (int i = 0; i < 2 && !rc; i++)
         if (all || !strcmp(which, cases[i].name)) rc = run_case(&cases[i], &dist, &cfg.train);
