@@ -69,6 +69,10 @@ else
 endif
   NVCC_ARCH := -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_100a,code=sm_100a \
                -gencode arch=compute_90,code=compute_90
+  # GPU_ARCH=sm_90a (or sm_100a ...): that machine code alone, for a build on the GPU it runs on
+  ifdef GPU_ARCH
+    NVCC_ARCH := -gencode arch=compute_$(GPU_ARCH:sm_%=%),code=$(GPU_ARCH)
+  endif
   NVCCFLAGS := -std=c++17 -O3 -g -lineinfo $(NVCC_ARCH) -Ilib -DWAN_CUDA=1 \
                -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror -MMD -MP
 else
@@ -85,12 +89,12 @@ TEST_TOOL_BIN := $(TEST_TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps test test-unit test-gpu test-emu bench-gpu demo demo-slurm clean tests bench-bins emu-tools
+.PHONY: all deps test test-unit test-gpu test-emu bench-gpu demo demo-slurm clean tests bench-bins emu-tools gpu-bins
 all: $(PROGRAMS)
 
 # Objects of a CUDA=1 and a CUDA=0 build differ (-DWAN_CUDA): switching variants in one build
 # directory rebuilds everything instead of mixing them.
-VARIANT := $(BUILD)/.variant-cuda$(CUDA)
+VARIANT := $(BUILD)/.variant-cuda$(CUDA)$(GPU_ARCH)
 $(VARIANT):
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/.variant-cuda* && touch $@
 
@@ -162,6 +166,8 @@ emu-build:
 .PHONY: emu-build
 endif
 bench-bins: $(PROGRAMS) $(BENCH_BIN)
+# What the GPU targets run: no unit tests, no emulation build (device time is short).
+gpu-bins: $(PROGRAMS) $(TEST_TOOL_BIN) $(BENCH_BIN) $(BUILD)/tests/test_cudnn_graph
 
 # Debian packages for the build, the tests (PyTorch reference, local Slurm cluster) and the demo.
 DEB_PKGS := gcc make pkg-config libconfig-dev libzstd-dev zstd libxxhash-dev libjansson-dev \
@@ -186,9 +192,10 @@ test:
 
 # GPU machines often have no package mirror: these two do not install packages; where the build
 # libraries are missing they unpack the ones carried in .gpu-debs (tests/gpu/carry-debs.sh).
+# On a lent GPU, build for it alone (minutes of device time): make -j16 test-gpu GPU_ARCH=sm_90a.
 test-gpu:
 	@tests/gpu/unpack-debs.sh
-	@$(MAKE) --no-print-directory tests
+	@$(MAKE) --no-print-directory gpu-bins
 	@tests/gpu/run.sh
 
 # The CUDA backend on the CPU emulator: needs the CUDA toolkit's headers, not a GPU.
@@ -198,7 +205,7 @@ test-emu:
 
 bench-gpu:
 	@tests/gpu/unpack-debs.sh
-	@$(MAKE) --no-print-directory bench-bins
+	@$(MAKE) --no-print-directory gpu-bins
 	@bench/gpu.sh
 
 demo:

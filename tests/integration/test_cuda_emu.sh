@@ -9,6 +9,7 @@
 #   4. gpu_model_check: the whole model's loss and gradients, and ten training steps, against the
 #      CPU backend; a planted weight error must make it fail
 #   5. wan-train with train.device = "cuda" on the emulator, a few steps, losses near the CPU run
+#   6. make test-gpu's driver: its deadline stops a step and reports the rest as not run
 # It does not show that the code is right on a GPU: the libraries' stand-ins follow their
 # documentation as we read it, and the GPU's timing, memory model and fast math are not there.
 set -u
@@ -108,4 +109,26 @@ sys.exit(0 if 0 < worst < 5e-2 else 1)
 EOF
 rc=$?
 t_check "emulated GPU losses follow the CPU run: $(tail -n1 "$T/cmp.log")" [ $rc = 0 ]
+
+# ---- 6. make test-gpu's driver (tests/gpu/run.sh) on the emulated GPU: a lease is short, so a
+# step that runs past what the deadline leaves must be stopped and named, and the steps after it
+# reported as not run; WAN_TEST_GPU_STRICT=1 turns what was not run into a failing exit.
+gpu_run() { # deadline, log
+    WAN_GPU_TOOLS=$EMU/tests/tools WAN_GPU_TESTS=$T/none WAN_GPU_LOGS=$T/gpu-logs \
+        WAN_TEST_GPU_DEADLINE=$1 WAN_TEST_GPU_STRICT=1 timeout 120 tests/gpu/run.sh >"$2" 2>&1
+}
+gpu_run 30 "$T/run_short.log"
+rc=$?
+t_check "test-gpu driver: gpu_check stopped at the deadline, exit $rc" [ $rc = 1 ] &&
+    grep -Eq 'ops vs CPU \(gpu_check\) *FAIL *timed out after [0-9]+ s' "$T/run_short.log"
+t_check "test-gpu driver: the model check is reported as not run (deadline)" \
+    grep -q 'whole model vs CPU (gpu_model_check) *MISSING *deadline' "$T/run_short.log"
+t_check "test-gpu driver: summary line counts the failure and the missing checks" \
+    grep -Eq '^test-gpu: 0 passed, 1 failed, [1-9] missing$' "$T/run_short.log"
+[ $rc = 1 ] || tail -n 20 "$T/run_short.log"
+gpu_run 10 "$T/run_none.log"
+rc=$?
+t_check "test-gpu driver: nothing fits a 10 s deadline, strict exit $rc" [ $rc = 1 ] &&
+    grep -q 'a missing check is a failure' "$T/run_none.log" &&
+    ! grep -q ' ok ' "$T/run_none.log"
 t_summary
