@@ -7,6 +7,7 @@
 
 #include "error.h"
 #include "model_internal.h"
+#include "optim.h"
 
 static int64_t off_of(const wan_model *m, const char *name, int *missing) {
     const wan_param *p = wan_params_find(&m->ps, name);
@@ -23,7 +24,20 @@ static int64_t off_block(const wan_model *m, int l, const char *suffix, int *mis
     return off_of(m, name, missing);
 }
 
-int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute) {
+/* Slices of the state allocation start 256 bytes apart from its start (GPU allocations are
+ * 256-byte aligned): what cuBLASLt and vector loads want. */
+static size_t state_align(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+void *wan_model_state_take(wan_model *m, size_t bytes) {
+    size_t n = state_align(bytes);
+    if (!m->state || m->state_used + n > m->state_bytes) return NULL;
+    void *p = (char *)m->state + m->state_used;
+    m->state_used += n;
+    return p;
+}
+
+int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
+                     bool with_optimizer) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->be = be;
@@ -96,11 +110,15 @@ int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wa
     }
     WAN_ASSERT(missing == 0);
 
-    size_t np = (size_t)m->ps.total;
-    m->w = be->alloc(be, np * wan_dtype_size(be->param));
-    m->g = be->alloc(be, np * sizeof(float));
-    if (!m->w || !m->g)
-        return wan_fail(WAN_ERR_RUNTIME, "out of %s memory for %zu parameters", be->name, np);
+    size_t np = (size_t)m->ps.total, wb = np * wan_dtype_size(be->param), gb = np * sizeof(float);
+    size_t ob = with_optimizer ? wan_optim_state_bytes(m) : 0;
+    m->state_bytes = state_align(wb) + state_align(gb) + ob;
+    m->state = be->alloc(be, m->state_bytes); /* zeroed */
+    if (!m->state)
+        return wan_fail(WAN_ERR_RUNTIME, "out of %s memory: %zu parameters need %.2f GB of training state (weights, "
+                        "gradients%s)", be->name, np, (double)m->state_bytes / 1e9, ob ? ", optimizer" : "");
+    m->w = wan_model_state_take(m, wb);
+    m->g = wan_model_state_take(m, gb);
     return 0;
 }
 
@@ -111,8 +129,7 @@ void wan_model_destroy(wan_model *m) {
         free(m->a->sqsum_host);
         free(m->a);
     }
-    if (m->w) m->be->free(m->be, m->w);
-    if (m->g) m->be->free(m->be, m->g);
+    if (m->state) m->be->free(m->be, m->state);
     free(m->blk);
     wan_params_free(&m->ps);
     memset(m, 0, sizeof *m);
@@ -348,6 +365,7 @@ int wan_model_set_shape(wan_model *m, int B, int C, int F, int H, int W) {
     bump b = {0};
     layout(m, &b);
     m->arena = m->be->alloc(m->be, b.off);
+    m->arena_bytes = b.off;
     if (!m->arena)
         return wan_fail(WAN_ERR_RUNTIME, "out of %s memory: activations of a %dx%dx%dx%dx%d micro-batch need %.2f GB",
                         m->be->name, B, C, F, H, W, (double)b.off / 1e9);

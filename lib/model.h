@@ -82,6 +82,11 @@ typedef struct wan_model {
     wan_param_set ps;
     void *w;    /* parameters, be->param dtype [ps.total] */
     float *g;   /* gradients, fp32 [ps.total] */
+    /* One backend allocation holds the training state: w, g and, when the model is created for
+     * training, the optimizer's buffers (taken with wan_model_state_take), so that the state
+     * costs one known size and cannot fragment the device memory the activations use. */
+    void *state;
+    size_t state_bytes, state_used;
     wan_block_offsets *blk;
     int64_t o_patch_w, o_patch_b, o_txt0_w, o_txt0_b, o_txt2_w, o_txt2_b, o_te0_w, o_te0_b, o_te2_w, o_te2_b,
         o_tp_w, o_tp_b, o_head_w, o_head_b, o_head_mod;
@@ -91,6 +96,7 @@ typedef struct wan_model {
     bool recomputing; /* inside the backward's rebuild of a block (skips a kept attention core) */
     wan_shape sh;
     void *arena; /* activations of the current shape (model.c owns the layout) */
+    size_t arena_bytes;
     struct wan_model_acts *a;
 } wan_model;
 
@@ -107,8 +113,14 @@ typedef struct {
     const float *timestep;  /* [B] overrides 1000 sigma, or NULL */
 } wan_model_input;
 
-int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute);
+/* with_optimizer: reserve room in the state allocation for wan_optim_create (training). */
+int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
+                     bool with_optimizer);
 void wan_model_destroy(wan_model *m);
+/* The next `bytes` (zeroed; at a multiple of 256 bytes from the start of the allocation, which
+ * has the backend's alignment) of the state allocation; NULL when the room reserved at creation
+ * is used up. */
+void *wan_model_state_take(wan_model *m, size_t bytes);
 /* Allocate activations for a micro-batch shape (no-op if unchanged). */
 int wan_model_set_shape(wan_model *m, int B, int C, int F, int H, int W);
 

@@ -20,23 +20,42 @@ static void add_segments(wan_optim *o) {
     }
 }
 
+/* Bytes of each optimizer buffer, in the order they are taken from the model's state:
+ * master, mom1, mom2 [slice], gshard [slice] (none with one shard: it aliases the gradients),
+ * scratch [4 x world]. */
+static void state_sizes(const wan_model *m, int64_t *lo, int64_t *hi, size_t sz[5]) {
+    const wan_dist *d = m->dist;
+    wan_zero_range(m->ps.total, d->dpcp_g.size, d->dpcp_g.rank, lo, hi);
+    size_t n = (size_t)(*hi - *lo) * sizeof(float);
+    sz[0] = sz[1] = sz[2] = n;
+    sz[3] = d->dpcp_g.size == 1 ? 0 : n;
+    sz[4] = 4 * (size_t)d->world * sizeof(float);
+}
+
+size_t wan_optim_state_bytes(const wan_model *m) {
+    int64_t lo, hi;
+    size_t sz[5], total = 0;
+    state_sizes(m, &lo, &hi, sz);
+    for (int i = 0; i < 5; i++) total += (sz[i] + 255) & ~(size_t)255;
+    return total;
+}
+
 int wan_optim_create(wan_optim *o, wan_model *m, const wan_train_cfg *t) {
     memset(o, 0, sizeof *o);
     o->m = m;
     o->cfg = t->optimizer;
     o->sched = t->schedule;
     o->total_steps = t->steps;
-    wan_dist *d = m->dist;
-    wan_zero_range(m->ps.total, d->dpcp_g.size, d->dpcp_g.rank, &o->lo, &o->hi);
-    wan_backend *be = m->be;
-    size_t n = (size_t)(o->hi - o->lo);
-    o->master = be->alloc(be, n * sizeof(float));
-    o->mom1 = be->alloc(be, n * sizeof(float));
-    o->mom2 = be->alloc(be, n * sizeof(float));
-    o->gshard = d->dpcp_g.size == 1 ? m->g : be->alloc(be, n * sizeof(float));
-    o->scratch = be->alloc(be, 4 * (size_t)d->world * sizeof(float));
+    size_t sz[5];
+    state_sizes(m, &o->lo, &o->hi, sz);
+    o->master = wan_model_state_take(m, sz[0]);
+    o->mom1 = wan_model_state_take(m, sz[1]);
+    o->mom2 = wan_model_state_take(m, sz[2]);
+    o->gshard = sz[3] ? wan_model_state_take(m, sz[3]) : m->g + o->lo;
+    o->scratch = wan_model_state_take(m, sz[4]);
     if (!o->master || !o->mom1 || !o->mom2 || !o->gshard || !o->scratch)
-        return wan_fail(WAN_ERR_RUNTIME, "out of %s memory for the optimizer state (%zu elements)", be->name, n);
+        return wan_fail(WAN_ERR_RUNTIME, "wan_optim_create: the model was created without room for the optimizer "
+                        "state (with_optimizer = false)");
     add_segments(o);
     wan_optim_reset_masters(o);
     return 0;
@@ -48,15 +67,8 @@ void wan_optim_reset_masters(wan_optim *o) {
                 (size_t)(o->hi - o->lo));
 }
 
+/* The buffers belong to the model's state allocation, freed with the model. */
 void wan_optim_destroy(wan_optim *o) {
-    wan_backend *be = o->m ? o->m->be : NULL;
-    if (be) {
-        be->free(be, o->master);
-        be->free(be, o->mom1);
-        be->free(be, o->mom2);
-        if (o->gshard != o->m->g) be->free(be, o->gshard);
-        be->free(be, o->scratch);
-    }
     free(o->seg);
     memset(o, 0, sizeof *o);
 }

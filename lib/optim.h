@@ -6,6 +6,7 @@
 #define WAN_OPTIM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -32,7 +33,11 @@ typedef struct {
     int step;            /* optimizer steps taken */
 } wan_optim;
 
-/* Masters start from the model's current weights. */
+/* Bytes the optimizer takes from the model's state allocation (wan_model_create reserves them
+ * when asked with_optimizer). */
+size_t wan_optim_state_bytes(const wan_model *m);
+/* Masters start from the model's current weights; the buffers come from the model's state
+ * allocation, so m must have been created with_optimizer. */
 int wan_optim_create(wan_optim *o, wan_model *m, const wan_train_cfg *t);
 void wan_optim_destroy(wan_optim *o);
 double wan_optim_lr(const wan_optim *o, int step); /* learning rate of step (1-based) */

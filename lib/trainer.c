@@ -80,7 +80,7 @@ static int setup(job *j, const wan_train_opts *opts) {
         wan_info("world %d = tp %d x cp %d x dp %d x pp %d%s; backend %s", j->rt.dist.world, j->rt.dist.tp, j->rt.dist.cp,
                  j->rt.dist.dp, j->rt.dist.pp, j->rt.dist.sp ? " (sequence parallel)" : "", j->rt.be->device_name);
 
-    WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, wan_recompute_of(&cfg->train)));
+    WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, wan_recompute_of(&cfg->train), true));
     float *init = malloc((size_t)j->model.ps.total * sizeof(float));
     if (!init) return wan_fail(WAN_ERR_RUNTIME, "out of host memory for the initial weights");
     wan_params_init_host(&j->model.ps, (uint64_t)cfg->train.seed, init);
@@ -247,6 +247,10 @@ static int run(job *j, const wan_train_opts *opts) {
         WAN_TRY(train_step(j, step, &loss, &seq));
         WAN_TRY(wan_optim_step(&j->opt, &gnorm, &lr));
         tokens_per_sample = seq;
+        if (step == start_step + 1 && j->rt.boot.rank == 0)
+            wan_info("%s memory on rank 0: training state %.1f MiB (weights, gradients, optimizer), activations "
+                     "%.1f MiB, peak %.1f MiB", j->rt.be->name, j->model.state_bytes / 1048576.0,
+                     j->model.arena_bytes / 1048576.0, j->rt.be->mem_peak / 1048576.0);
         /* agree on a stop request (a signal may reach ranks at different moments) */
         float stop = stop_signal ? 1.0f : 0.0f;
         WAN_TRY(world_max(j, &stop));
