@@ -54,32 +54,33 @@ fi
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
 [ "${ngpu:-0}" -ge 1 ] || ngpu=1
 
+# step NAME CAP LOG COMMAND...: run a check within CAP seconds (less if the deadline is nearer),
+# its output shown and kept in LOG, and record it by its exit status
+step() {
+    local name=$1 lim rc
+    lim=$(limit "$2")
+    local log=$3
+    shift 3
+    if [ "$lim" = 0 ]; then record "$name" MISSING "deadline"; return; fi
+    timeout "$lim" "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" = 0 ]; then
+        record "$name" ok "$(tail -n1 "$log" | cut -c1-100)"
+    else
+        record "$name" FAIL "$(why "$rc" "$lim"), see $log"
+    fi
+}
+
 # ---- 1. every op against its CPU twin
 echo "== gpu_check (every op against the CPU backend)"
-set -o pipefail
-lim=$(limit 300)
-if [ "$lim" = 0 ]; then
-    record "ops vs CPU (gpu_check)" MISSING "deadline"
-elif timeout "$lim" "$TOOLS/gpu_check" 2>&1 | tee "$LOGS/gpu_check.log"; then
-    record "ops vs CPU (gpu_check)" ok "$(tail -n1 "$LOGS/gpu_check.log")"
-else
-    record "ops vs CPU (gpu_check)" FAIL "$(why $? "$lim"), see $LOGS/gpu_check.log"
-fi
+step "ops vs CPU (gpu_check)" 300 "$LOGS/gpu_check.log" "$TOOLS/gpu_check"
 
 # ---- 2. the whole model (tests/tools/gpu_model_check.c): the tiny model (configs/tiny.cfg dims)
 # and one with head_dim 128, same weights and inputs on both backends: loss, prediction and every
 # parameter gradient (a table of the worst tensors), a second micro-batch accumulated, then ten
 # training steps (model + AdamW) whose losses and gradient norms must follow the CPU run.
 echo "== gpu_model_check (whole model vs CPU; ten training steps)"
-lim=$(limit 300)
-if [ "$lim" = 0 ]; then
-    record "whole model vs CPU (gpu_model_check)" MISSING "deadline"
-elif timeout "$lim" "$TOOLS/gpu_model_check" 2>&1 | tee "$LOGS/model_check.log"; then
-    record "whole model vs CPU (gpu_model_check)" ok "$(tail -n1 "$LOGS/model_check.log" | cut -c1-100)"
-else
-    record "whole model vs CPU (gpu_model_check)" FAIL "$(why $? "$lim"), see $LOGS/model_check.log"
-fi
-set +o pipefail
+step "whole model vs CPU (gpu_model_check)" 300 "$LOGS/model_check.log" "$TOOLS/gpu_model_check"
 
 # ---- 3. compute-sanitizer memcheck on the small shapes
 sanitizer=$(command -v compute-sanitizer || true)
@@ -110,14 +111,7 @@ memcheck "memcheck (compute-sanitizer)" "$LOGS/memcheck.log" "$TOOLS/gpu_check" 
 # ---- 4. cuDNN attention graphs with the GPU (execution plans)
 if [ -x "$UNIT/test_cudnn_graph" ]; then
     echo "== test_cudnn_graph"
-    lim=$(limit 120)
-    if [ "$lim" = 0 ]; then
-        record "cuDNN graphs (test_cudnn_graph)" MISSING "deadline"
-    elif timeout "$lim" "$UNIT/test_cudnn_graph" >"$LOGS/cudnn_graph.log" 2>&1; then
-        record "cuDNN graphs (test_cudnn_graph)" ok "$(tail -n1 "$LOGS/cudnn_graph.log")"
-    else
-        record "cuDNN graphs (test_cudnn_graph)" FAIL "$(why $? "$lim"), see $LOGS/cudnn_graph.log"
-    fi
+    step "cuDNN graphs (test_cudnn_graph)" 120 "$LOGS/cudnn_graph.log" "$UNIT/test_cudnn_graph"
 fi
 
 # ---- 5. NCCL: one rank per GPU
