@@ -12,10 +12,11 @@ import sys
 ALIGN = 64
 
 
-def param_total(m, t, k):
-    """Elements of a rank's flat parameter buffer: tensors 64-aligned except inside fused
+def param_total(m, t, k, pp=1):
+    """Elements of a rank's flat parameter buffer on pipeline stage 0 (the embeddings and the
+    first num_layers / pp blocks; the head with pp = 1): tensors 64-aligned except inside fused
     q|k|v and k|v groups, padded to a multiple of 64 * ZeRO shards."""
-    D, F, L = m['dim'], m['ffn_dim'], m['num_layers']
+    D, F, L = m['dim'], m['ffn_dim'], m['num_layers'] // pp
     pv = m['patch_size'][0] * m['patch_size'][1] * m['patch_size'][2]
     Dl, Fl = D // t, F // t
     ts = []
@@ -37,7 +38,8 @@ def param_total(m, t, k):
         add(Dl * D, True); add(Dl * D); add(Dl, True); add(Dl)
         add(D * Dl); add(D); add(Dl); add(Dl)
         add(Fl * D); add(Fl); add(D * Fl); add(D)
-    add(m['out_dim'] * pv * D); add(m['out_dim'] * pv); add(2 * D)
+    if pp == 1:
+        add(m['out_dim'] * pv * D); add(m['out_dim'] * pv); add(2 * D)
     off, fused = 0, False
     for n, f in ts:
         if not fused:
@@ -48,19 +50,22 @@ def param_total(m, t, k):
     return (off + unit - 1) // unit * unit
 
 
-def tp_replicated_sizes(m):
-    """Tensors tensor parallelism replicates, except the text embedding (reduced through its
-    input gradient): their gradients are all-reduced over tp with sequence parallelism."""
-    D, L = m['dim'], m['num_layers']
+def tp_replicated_sizes(m, pp=1):
+    """Tensors tensor parallelism replicates on pipeline stage 0, except the text embedding
+    (reduced through its input gradient): their gradients are all-reduced over tp with
+    sequence parallelism."""
+    D, L = m['dim'], m['num_layers'] // pp
     pv = m['patch_size'][0] * m['patch_size'][1] * m['patch_size'][2]
     sizes = [D * m['in_dim'] * pv, D, D * m['freq_dim'], D, D * D, D, 6 * D * D, 6 * D]
     for _ in range(L):
         sizes += [6 * D, D, D, D, D, D]  # modulation, o.bias, norm3 w/b, cross o.bias, ffn.2.bias
-    sizes += [m['out_dim'] * pv * D, m['out_dim'] * pv, 2 * D]
+    if pp == 1:
+        sizes += [m['out_dim'] * pv * D, m['out_dim'] * pv, 2 * D]
     return sizes
 
 
 def predict(cfg, world, seq_tokens, act=4, param=4):
+    """Bytes rank 0 sends: tp, cp and dp rank 0 of pipeline stage 0."""
     m, p, tr = cfg['model'], cfg['parallel'], cfg['train']
     t, c, pp = p['tp'], p['cp'], p['pp']
     sp = p['sp'] and t > 1
@@ -78,6 +83,7 @@ def predict(cfg, world, seq_tokens, act=4, param=4):
     fwd_passes = 2 if tr['recompute'] else 1
     # a kept attention output: the backward's rebuild of a block skips the K/V ring
     ring_passes = 2 if tr['recompute'] and tr.get('recompute_attention', False) else 1
+    layers = m['num_layers'] // pp  # blocks of this stage
     ar = lambda n, g: 2 * (g - 1) * n // g  # all-reduce of n bytes over g ranks (per call)
     out = {'tp': 0, 'cp': 0, 'dp': 0, 'pp': 0, 'dpcp': 0, 'mp': 0, 'world': 0}
     if t > 1:
@@ -86,16 +92,20 @@ def predict(cfg, world, seq_tokens, act=4, param=4):
         norms = ar(2 * Tf * 4, t) + ar((Tf + BL) * 4, t)
         block_fwd = 3 * gather + 3 * rows + norms
         block_bwd = 3 * gather + 3 * rows + norms
-        micro = m['num_layers'] * (fwd_passes * block_fwd + block_bwd) + ar(BL * D * 4, t)
+        micro = layers * (fwd_passes * block_fwd + block_bwd) + ar(BL * D * 4, t)
         out['tp'] = nmicro * micro
         if sp:
-            out['tp'] += sum(ar(n * 4, t) for n in tp_replicated_sizes(m))
+            out['tp'] += sum(ar(n * 4, t) for n in tp_replicated_sizes(m, pp))
     if c > 1:
         msg = 2 * Tf * Dl * act
-        out['cp'] = nmicro * m['num_layers'] * (ring_passes * (c - 1) + (2 * c - 1)) * msg
+        out['cp'] = nmicro * layers * (ring_passes * (c - 1) + (2 * c - 1)) * msg
     if k > 1:
-        chunk = param_total(m, t, k) // k
+        chunk = param_total(m, t, k, pp) // k
         out['dpcp'] = (k - 1) * chunk * 4 + (k - 1) * chunk * param + (k - 1) * 8
+    if pp > 1:
+        # stage 0 sends each micro-batch's residual stream, time embedding e and its
+        # projection e0 (fp32) and the text context (activation dtype) to stage 1
+        out['pp'] = nmicro * ((T * D + B * D + 6 * B * D) * 4 + BL * D * act)
     if t * pp > 1:
         out['mp'] = (t * pp - 1) * 8
     if world > 1:
@@ -121,7 +131,7 @@ def main():
             bad += 1
             continue
         pred = predict(header['config'], header['world_size'], step['seq_len'])
-        for g in ('tp', 'cp', 'dpcp', 'mp', 'world'):
+        for g in ('tp', 'cp', 'pp', 'dpcp', 'mp', 'world'):
             meas = step['comm_bytes'][g]
             if meas == 0 and pred[g] == 0:
                 continue

@@ -54,7 +54,7 @@ int wan_validate(wan_model *m, const wan_val_opts *o, wan_val_result *r) {
             float sg = (float)o->sigmas[k], coef = 1.0f / (float)nl;
             wan_model_input in = {1, C, F, H, W, lat, noise, &sg, text, &coef, NULL};
             double sq = 0;
-            rc = wan_model_forward(m, &in, &sq, NULL);
+            rc = wan_model_forward_pipelined(m, &in, &sq);
             sums[k] += sq / (double)nl;
         }
     }

@@ -9,13 +9,12 @@
 #include "model_internal.h"
 #include "optim.h"
 
+/* Offset of a parameter in this rank's buffer; -1 for one on another pipeline stage. */
 static int64_t off_of(const wan_model *m, const char *name, int *missing) {
-    const wan_param *p = wan_params_find(&m->ps, name);
-    if (!p) {
-        (*missing)++;
-        return 0;
-    }
-    return p->offset;
+    for (int i = 0; i < m->ps.n; i++)
+        if (!strcmp(m->ps.p[i].name, name)) return m->ps.p[i].present ? m->ps.p[i].offset : -1;
+    (*missing)++;
+    return 0;
 }
 
 static int64_t off_block(const wan_model *m, int l, const char *suffix, int *missing) {
@@ -43,10 +42,12 @@ int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wa
     m->be = be;
     m->dist = dist;
     m->recompute = recompute;
-    if (dist->pp > 1)
-        return wan_fail(WAN_ERR_USAGE, "parallel.pp = %d: pipeline-parallel training is not implemented yet "
-                                       "(checkpoints of pipeline layouts can be made with wan-reshard)", dist->pp);
     WAN_TRY(wan_params_build(cfg, dist->tp, dist->tp_rank, dist->pp, dist->pp_rank, dist->dp * dist->cp, &m->ps));
+    int per_stage = cfg->num_layers / dist->pp; /* wan_params_build checked that it divides */
+    m->l0 = dist->pp_rank * per_stage;
+    m->l1 = m->l0 + per_stage;
+    m->first = dist->pp_rank == 0;
+    m->last = dist->pp_rank == dist->pp - 1;
     m->D = cfg->dim;
     m->Dl = cfg->dim / dist->tp;
     m->Fl = cfg->ffn_dim / dist->tp;
@@ -99,7 +100,8 @@ int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wa
         o->f1_b = off_block(m, l, "ffn.0.bias", &missing);
         o->f2_w = off_block(m, l, "ffn.2.weight", &missing);
         o->f2_b = off_block(m, l, "ffn.2.bias", &missing);
-        /* the fused GEMMs rely on q|k|v and k|v being adjacent in the buffer */
+        /* the fused GEMMs rely on q|k|v and k|v being adjacent in the buffer (this stage's blocks) */
+        if (l < m->l0 || l >= m->l1) continue;
         int mm = 0;
         int64_t kw = off_block(m, l, "self_attn.k.weight", &mm), vw = off_block(m, l, "self_attn.v.weight", &mm);
         int64_t kb = off_block(m, l, "self_attn.k.bias", &mm), vb = off_block(m, l, "self_attn.v.bias", &mm);
@@ -122,13 +124,51 @@ int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wa
     return 0;
 }
 
-void wan_model_destroy(wan_model *m) {
-    if (m->arena) m->be->free(m->be, m->arena);
-    if (m->a) {
-        free(m->a->blocks);
-        free(m->a->sqsum_host);
-        free(m->a);
+struct wan_model_slot {
+    wan_shape sh;
+    void *arena;
+    size_t arena_bytes;
+    struct wan_model_acts *a;
+};
+
+static void free_acts(wan_model *m, void *arena, struct wan_model_acts *a) {
+    if (arena) m->be->free(m->be, arena);
+    if (a) {
+        free(a->blocks);
+        free(a->sqsum_host);
+        free(a);
     }
+}
+
+int wan_model_use_slot(wan_model *m, int k, int n) {
+    if (n < 1 || k < 0 || k >= n) return wan_fail(WAN_ERR_RUNTIME, "activation set %d of %d", k, n);
+    if (n > m->nslots) {
+        struct wan_model_slot *s = realloc(m->slots, (size_t)n * sizeof *s);
+        if (!s) return wan_fail(WAN_ERR_RUNTIME, "out of host memory");
+        memset(s + m->nslots, 0, (size_t)(n - m->nslots) * sizeof *s);
+        m->slots = s;
+        m->nslots = n;
+    }
+    if (k == m->slot) return 0;
+    m->slots[m->slot] = (struct wan_model_slot){m->sh, m->arena, m->arena_bytes, m->a};
+    struct wan_model_slot *s = &m->slots[k];
+    m->sh = s->sh, m->arena = s->arena, m->arena_bytes = s->arena_bytes, m->a = s->a;
+    *s = (struct wan_model_slot){0};
+    m->slot = k;
+    return 0;
+}
+
+size_t wan_model_activation_bytes(const wan_model *m) {
+    size_t n = m->arena_bytes + m->pipe_in_bytes;
+    for (int i = 0; i < m->nslots; i++) n += m->slots[i].arena_bytes;
+    return n;
+}
+
+void wan_model_destroy(wan_model *m) {
+    free_acts(m, m->arena, m->a);
+    for (int i = 0; i < m->nslots; i++) free_acts(m, m->slots[i].arena, m->slots[i].a);
+    free(m->slots);
+    if (m->pipe_in) m->be->free(m->be, m->pipe_in);
     if (m->state) m->be->free(m->be, m->state);
     free(m->blk);
     wan_params_free(&m->ps);
@@ -252,14 +292,15 @@ static void layout(wan_model *m, bump *b) {
     a->rope_cos = take(b, (size_t)s->S_pad * half * fs);
     a->rope_sin = take(b, (size_t)s->S_pad * half * fs);
 
-    int nsets = m->recompute != WAN_RECOMPUTE_NONE ? 1 : m->cfg.num_layers;
+    /* this pipeline stage's blocks only */
+    int nsets = m->recompute != WAN_RECOMPUTE_NONE ? 1 : m->l1 - m->l0;
     bool keep_att = m->recompute == WAN_RECOMPUTE_KEEP_ATTENTION;
-    for (int l = 0; l < m->cfg.num_layers; l++) {
+    for (int l = m->l0; l < m->l1; l++) {
         wan_block_acts *k = &a->blocks[l];
         k->x_in = take(b, T * D * fs);
-        if (l >= nsets) {
-            /* recompute: the rest is shared with block 0's set, but for what each block keeps */
-            wan_block_acts *z = &a->blocks[0];
+        if (l - m->l0 >= nsets) {
+            /* recompute: the rest is shared with the first block's set, but for what each block keeps */
+            wan_block_acts *z = &a->blocks[m->l0];
             wan_block_acts own = *k;
             *k = *z;
             k->x_in = own.x_in;
@@ -331,9 +372,16 @@ static void layout(wan_model *m, bump *b) {
     }
 }
 
+static int alloc_acts(wan_model *m);
+
 int wan_model_set_shape(wan_model *m, int B, int C, int F, int H, int W) {
     wan_shape *s = &m->sh;
     if (m->arena && s->B == B && s->C == C && s->F == F && s->H == H && s->W == W) return 0;
+    WAN_TRY(wan_shape_compute(m, B, C, F, H, W, s));
+    return alloc_acts(m);
+}
+
+int wan_shape_compute(const wan_model *m, int B, int C, int F, int H, int W, wan_shape *s) {
     const int *ps = m->cfg.patch_size;
     if (C != m->cfg.in_dim)
         return wan_fail(WAN_ERR_RUNTIME, "latent has %d channels, the model expects model.in_dim = %d", C, m->cfg.in_dim);
@@ -352,7 +400,13 @@ int wan_model_set_shape(wan_model *m, int B, int C, int F, int H, int W) {
     s->T = d->sp ? s->Tf / d->tp : s->Tf;
     s->tok0 = d->sp ? d->tp_rank * s->T : 0;
     s->pos0 = d->cp_rank * s->S_cp;
+    return 0;
+}
 
+/* Activation memory for the shape in m->sh. */
+static int alloc_acts(wan_model *m) {
+    const wan_shape *s = &m->sh;
+    int B = s->B, C = s->C, F = s->F, H = s->H, W = s->W;
     if (m->arena) m->be->free(m->be, m->arena);
     m->arena = NULL;
     if (!m->a) m->a = calloc(1, sizeof *m->a);
@@ -473,25 +527,40 @@ int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, fl
         }
         tvec[b] = in->timestep ? in->timestep[b] : 1000.0f * sg;
     }
-    be->upload(be, a->xt_lat, host, lat * B * sizeof(float));
-    be->upload(be, a->tgt_lat, host + lat * B, lat * B * sizeof(float));
-    be->upload(be, a->t, tvec, (size_t)B * sizeof(float));
-    be->upload(be, a->ctx_f32, in->text, (size_t)B * m->L * m->Ct * sizeof(float));
+    /* the first pipeline stage embeds the input, the last one needs the target */
+    if (m->first) {
+        be->upload(be, a->xt_lat, host, lat * B * sizeof(float));
+        be->upload(be, a->t, tvec, (size_t)B * sizeof(float));
+        be->upload(be, a->ctx_f32, in->text, (size_t)B * m->L * m->Ct * sizeof(float));
+        op->patchify(be, a->patches, be->act, a->xt_lat, B, s->C, s->F, s->H, s->W, ps[0], ps[1], ps[2], false, tk,
+                     s->S);
+    }
+    if (m->last) {
+        be->upload(be, a->tgt_lat, host + lat * B, lat * B * sizeof(float));
+        op->patchify(be, a->target, WAN_F32, a->tgt_lat, B, s->C, s->F, s->H, s->W, ps[0], ps[1], ps[2], true, tk, s->S);
+    }
     free(host);
-    op->patchify(be, a->patches, be->act, a->xt_lat, B, s->C, s->F, s->H, s->W, ps[0], ps[1], ps[2], false, tk, s->S);
-    op->patchify(be, a->target, WAN_F32, a->tgt_lat, B, s->C, s->F, s->H, s->W, ps[0], ps[1], ps[2], true, tk, s->S);
 
-    /* embeddings */
-    op->matmul_fwd(be, a->x, WAN_F32, a->patches, be->act, PARAM(m, m->o_patch_w), PARAM(m, m->o_patch_b), s->T, D,
-                   m->P_in);
-    time_forward(m);
-    text_forward(m);
+    /* embeddings (other stages received x, e, e0 and the context: wan_pipe_recv_forward) */
+    if (!m->first) WAN_TRY(wan_pipe_take_forward(m));
+    if (m->first) {
+        op->matmul_fwd(be, a->x, WAN_F32, a->patches, be->act, PARAM(m, m->o_patch_w), PARAM(m, m->o_patch_b), s->T,
+                       D, m->P_in);
+        time_forward(m);
+        text_forward(m);
+    }
 
     /* blocks */
-    for (int l = 0; l < m->cfg.num_layers; l++) {
+    for (int l = m->l0; l < m->l1; l++) {
         wan_block_acts *k = &a->blocks[l];
         be->copy(be, k->x_in, a->x, (size_t)s->T * D * sizeof(float));
         WAN_TRY(wan_block_forward(m, l, k));
+    }
+    if (!m->last) { /* the next stage goes on from x (wan_pipe_send_forward) */
+        if (sqsum)
+            for (int b = 0; b < B; b++) sqsum[b] = 0;
+        free(tvec);
+        return 0;
     }
 
     /* head: (shift, scale) = head.modulation + e; out = head(LN(x) * (1 + scale) + shift), fp32 */
@@ -519,21 +588,14 @@ int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, fl
     return 0;
 }
 
-int wan_model_backward(wan_model *m) {
+/* Head of the last stage: dx and de from dpred. */
+static int head_backward(wan_model *m) {
     struct wan_model_acts *a = m->a;
     const wan_ops *op = m->be->ops;
     wan_backend *be = m->be;
     const wan_shape *s = &m->sh;
     int B = s->B, D = m->D;
     wan_tokens tk = wan_tk_local(m);
-
-    be->memset0(be, a->dx, (size_t)s->T * D * sizeof(float));
-    be->memset0(be, a->dhm, (size_t)B * 2 * D * sizeof(float));
-    be->memset0(be, a->de0, (size_t)B * 6 * D * sizeof(float));
-    be->memset0(be, a->de, (size_t)B * D * sizeof(float));
-    be->memset0(be, a->dctx, (size_t)B * m->L * D * sizeof(float));
-
-    /* head */
     op->matmul_bwd(be, a->dlnh, WAN_F32, false, GRAD(m, m->o_head_w), GRAD(m, m->o_head_b), a->dpred, WAN_F32, a->lnh,
                    WAN_F32, PARAM(m, m->o_head_w), s->T, m->P_out, D);
     op->layernorm_bwd(be, a->dx, NULL, NULL, a->dhm, a->dhm + D, a->dlnh, WAN_F32, a->x, a->meanh, a->rstdh, NULL,
@@ -543,9 +605,29 @@ int wan_model_backward(wan_model *m) {
         op->add(be, a->de + (size_t)b * D, a->dhm + (size_t)b * 2 * D, WAN_F32, (size_t)D);
         op->add(be, a->de + (size_t)b * D, a->dhm + (size_t)b * 2 * D + D, WAN_F32, (size_t)D);
     }
+    return 0;
+}
+
+int wan_model_backward(wan_model *m) {
+    struct wan_model_acts *a = m->a;
+    const wan_ops *op = m->be->ops;
+    wan_backend *be = m->be;
+    const wan_shape *s = &m->sh;
+    int B = s->B, D = m->D;
+
+    /* on stages before the last, dx, de0, de and dctx hold what the next stage sent back
+     * (wan_pipe_recv_backward); the blocks add to them */
+    if (m->last) {
+        be->memset0(be, a->dx, (size_t)s->T * D * sizeof(float));
+        be->memset0(be, a->dhm, (size_t)B * 2 * D * sizeof(float));
+        be->memset0(be, a->de0, (size_t)B * 6 * D * sizeof(float));
+        be->memset0(be, a->de, (size_t)B * D * sizeof(float));
+        be->memset0(be, a->dctx, (size_t)B * m->L * D * sizeof(float));
+        WAN_TRY(head_backward(m));
+    }
 
     /* blocks, last first; with recompute each block's activations are rebuilt from its input */
-    for (int l = m->cfg.num_layers - 1; l >= 0; l--) {
+    for (int l = m->l1 - 1; l >= m->l0; l--) {
         wan_block_acts *k = &a->blocks[l];
         if (m->recompute != WAN_RECOMPUTE_NONE) {
             be->copy(be, a->x, k->x_in, (size_t)s->T * D * sizeof(float));
@@ -556,6 +638,7 @@ int wan_model_backward(wan_model *m) {
         }
         WAN_TRY(wan_block_backward(m, l, k));
     }
+    if (!m->first) return 0; /* the previous stage goes on from dx (wan_pipe_send_backward) */
 
     /* patch embedding (the latent input needs no gradient) */
     be->convert(be, a->dy, be->act, a->dx, WAN_F32, (size_t)s->T * D);

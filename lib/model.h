@@ -94,10 +94,23 @@ typedef struct wan_model {
     float attn_scale; /* 1 / sqrt(head_dim) */
     wan_recompute recompute;
     bool recomputing; /* inside the backward's rebuild of a block (skips a kept attention core) */
+    /* pipeline stage: blocks [l0, l1); the first stage embeds, the last has the head and loss */
+    int l0, l1;
+    bool first, last;
     wan_shape sh;
     void *arena; /* activations of the current shape (model.c owns the layout) */
     size_t arena_bytes;
     struct wan_model_acts *a;
+    /* Activation sets of micro-batches in flight (pipeline schedule): sh, arena, arena_bytes
+     * and a above are those of set `slot`; the others wait here. */
+    struct wan_model_slot *slots;
+    int nslots, slot;
+    /* Pipeline inbox: the next micro-batch's input from the previous stage, received while the
+     * activation set it will use may still hold another micro-batch's gradients to send. */
+    void *pipe_in;
+    size_t pipe_in_bytes;
+    wan_shape pipe_in_sh;
+    bool pipe_in_full;
 } wan_model;
 
 /* Inputs of one micro-batch (host memory). With noise and sigma the model sees
@@ -123,6 +136,27 @@ void wan_model_destroy(wan_model *m);
 void *wan_model_state_take(wan_model *m, size_t bytes);
 /* Allocate activations for a micro-batch shape (no-op if unchanged). */
 int wan_model_set_shape(wan_model *m, int B, int C, int F, int H, int W);
+/* Make activation set k (0 <= k < n) current, keeping n sets: a pipeline stage holds the
+ * activations of every micro-batch between its forward and its backward. */
+int wan_model_use_slot(wan_model *m, int k, int n);
+/* Bytes of activation memory over all sets (and the pipeline inbox). */
+size_t wan_model_activation_bytes(const wan_model *m);
+
+/* Pipeline parallel (pp > 1): what crosses a stage boundary, for the micro-batch of the
+ * current activation set (the inbox for the forward's receive). Forward: the residual stream, the time
+ * embedding and its projection, and the text context; backward: their gradients. Stages
+ * other than the first expect their input received before wan_model_forward; stages other
+ * than the last, the gradient received before wan_model_backward. Blocking: the schedule
+ * (trainer.c) orders them so that neighbours agree. No-ops on a stage without that peer. */
+int wan_pipe_send_forward(wan_model *m);
+/* Receives into the model's inbox (the micro-batch's latent shape names its size); the next
+ * wan_model_forward on this stage takes it. */
+int wan_pipe_recv_forward(wan_model *m, int B, int C, int F, int H, int W);
+int wan_pipe_send_backward(wan_model *m);
+int wan_pipe_recv_backward(wan_model *m);
+/* Forward of one micro-batch through the whole pipeline, one micro-batch at a time
+ * (validation): receive, forward, send. sqsum is set on the last stage only (zeros elsewhere). */
+int wan_model_forward_pipelined(wan_model *m, const wan_model_input *in, double *sqsum);
 
 /* Forward of one micro-batch. With loss inputs, computes dpred and this rank's per-sample sums
  * of squared errors (sqsum[B], host, over this rank's valid tokens). pred_out (host, optional):

@@ -57,6 +57,11 @@ static inline wan_tokens wan_tk_full(const wan_model *m) {
     return (wan_tokens){m->sh.Tf, 0, m->sh.S_cp, m->sh.pos0};
 }
 
+/* The token layout of a micro-batch shape on this rank (checks the shape against the model). */
+int wan_shape_compute(const wan_model *m, int B, int C, int F, int H, int W, wan_shape *s);
+/* Pipeline: move what wan_pipe_recv_forward received into the current activation set. */
+int wan_pipe_take_forward(wan_model *m);
+
 int wan_block_forward(wan_model *m, int l, wan_block_acts *a);
 int wan_block_backward(wan_model *m, int l, wan_block_acts *a);
 

@@ -74,6 +74,10 @@ static int setup(job *j, const wan_train_opts *opts) {
     if (wan_flow_preset_get(cfg->train.objective, &j->flow))
         return wan_fail(WAN_ERR_USAGE, "train.objective = %s: unknown", cfg->train.objective);
 
+    if (cfg->parallel.vp > 1)
+        return wan_fail(WAN_ERR_USAGE, "parallel.vp = %d: virtual pipeline stages (the interleaved schedule) are not "
+                        "implemented; training runs one chunk of blocks per pipeline stage (parallel.vp = 0)",
+                        cfg->parallel.vp);
     WAN_TRY(wan_runtime_init(&j->rt, cfg, opts->nproc));
     j->stop_flag = j->rt.be->alloc(j->rt.be, sizeof(float));
     if (j->rt.boot.rank == 0)
@@ -116,60 +120,126 @@ static int make_loader(job *j, wan_loader_state start) {
     return wan_loader_create(&lo, &j->loader);
 }
 
+/* Host inputs of the micro-batch loaded next (one at a time: loaded, then run forward). */
+typedef struct {
+    wan_microbatch mb;
+    float *noise, *sigma, *coef;
+    double *w, *sq;
+    size_t cap;
+    int bcap;
+    wan_model_input in;
+} mb_input;
+
+static void mb_input_free(mb_input *u) {
+    free(u->noise);
+    free(u->sigma);
+    free(u->coef);
+    free(u->w);
+    free(u->sq);
+}
+
+/* Load the next micro-batch and form its flow-matching inputs. */
+static int load_input(job *j, int step, mb_input *u) {
+    wan_config *cfg = &j->cfg;
+    WAN_TRY(wan_loader_next(j->loader, &u->mb));
+    const wan_microbatch *mb = &u->mb;
+    size_t lat = (size_t)mb->C * mb->F * mb->H * mb->W;
+    if (lat * mb->B > u->cap) {
+        free(u->noise);
+        u->noise = malloc(lat * mb->B * sizeof(float));
+        u->cap = u->noise ? lat * mb->B : 0;
+    }
+    if (mb->B > u->bcap) {
+        mb_input_free(&(mb_input){.sigma = u->sigma, .coef = u->coef, .w = u->w, .sq = u->sq});
+        u->sigma = malloc((size_t)mb->B * sizeof(float));
+        u->coef = malloc((size_t)mb->B * sizeof(float));
+        u->w = malloc((size_t)mb->B * sizeof(double));
+        u->sq = malloc((size_t)mb->B * sizeof(double));
+        u->bcap = mb->B;
+    }
+    if (!u->noise || !u->sigma || !u->coef || !u->w || !u->sq)
+        return wan_fail(WAN_ERR_RUNTIME, "out of host memory for a micro-batch");
+    for (int b = 0; b < mb->B; b++) {
+        uint32_t gi = (uint32_t)mb->global_index[b];
+        double sg = wan_flow_sigma(&j->flow, (uint64_t)cfg->train.seed, (uint32_t)step, gi);
+        u->sigma[b] = (float)sg;
+        u->w[b] = wan_flow_weight(&j->flow, sg);
+        u->coef[b] = (float)(u->w[b] / ((double)cfg->train.gbs * (double)lat));
+        wan_flow_noise((uint64_t)cfg->train.seed, (uint32_t)step, gi, u->noise + b * lat, lat);
+    }
+    u->in = (wan_model_input){mb->B, mb->C, mb->F, mb->H, mb->W, mb->latent, u->noise, u->sigma, mb->text, u->coef, NULL};
+    return 0;
+}
+
 /* One optimizer step: gbs / (mbs * dp) micro-batches on this rank. Returns the step's loss
- * (mean over the global batch of the weighted per-sample mean squared errors). */
+ * (mean over the global batch of the weighted per-sample mean squared errors).
+ * With pipeline stages the micro-batches run one-forward-one-backward (1F1B): stage s first
+ * runs min(pp - s - 1, M) forwards, then alternates forward and backward, then finishes the
+ * backwards; it holds at most that many + 1 activation sets. Transfers block, so neighbours
+ * must meet in the same order: on each link the lower stage sends its forward output before it
+ * receives a gradient, and the upper stage receives its next input before it sends that
+ * gradient back. With pp = 1 this is forward, backward per micro-batch. */
+/* The 1F1B schedule's moves on micro-batch i, whose activations live in set i % K. */
+static int load_recv(job *j, int step, mb_input *u) {
+    WAN_TRY(load_input(j, step, u));
+    return wan_pipe_recv_forward(&j->model, u->in.B, u->in.C, u->in.F, u->in.H, u->in.W);
+}
+
+static int forward_send(job *j, mb_input *u, int i, int K, double *local) {
+    wan_model *m = &j->model;
+    WAN_TRY(wan_model_use_slot(m, i % K, K));
+    WAN_TRY(wan_model_set_shape(m, u->in.B, u->in.C, u->in.F, u->in.H, u->in.W));
+    WAN_TRY(wan_model_forward(m, &u->in, u->sq, NULL));
+    size_t lat = (size_t)u->in.C * u->in.F * u->in.H * u->in.W;
+    for (int b = 0; b < u->in.B; b++) *local += u->w[b] * u->sq[b] / ((double)j->cfg.train.gbs * (double)lat);
+    return wan_pipe_send_forward(m);
+}
+
+static int recv_backward(job *j, int i, int K) {
+    WAN_TRY(wan_model_use_slot(&j->model, i % K, K));
+    WAN_TRY(wan_pipe_recv_backward(&j->model));
+    return wan_model_backward(&j->model);
+}
+
+static int send_backward(job *j, int i, int K) {
+    WAN_TRY(wan_model_use_slot(&j->model, i % K, K));
+    return wan_pipe_send_backward(&j->model);
+}
+
 static int train_step(job *j, int step, double *loss, int *seq_len) {
     wan_config *cfg = &j->cfg;
     wan_dist *d = &j->rt.dist;
-    int nmicro = cfg->train.gbs / (cfg->train.mbs * d->dp);
+    int M = cfg->train.gbs / (cfg->train.mbs * d->dp);
+    int warm = d->pp - d->pp_rank - 1 < M ? d->pp - d->pp_rank - 1 : M;
+    int K = warm + 1 < M ? warm + 1 : M;
     double local = 0;
-    float *noise = NULL, *sigma = NULL, *coef = NULL;
-    double *sq = NULL;
-    size_t cap = 0;
+    mb_input u = {0};
     int rc = 0;
-    for (int mi = 0; mi < nmicro && !rc; mi++) {
-        wan_microbatch mb;
-        rc = wan_loader_next(j->loader, &mb);
-        if (rc) break;
-        size_t lat = (size_t)mb.C * mb.F * mb.H * mb.W;
-        if (lat * mb.B > cap) {
-            free(noise);
-            noise = malloc(lat * mb.B * sizeof(float));
-            cap = lat * mb.B;
-        }
-        free(sigma);
-        free(coef);
-        free(sq);
-        sigma = malloc((size_t)mb.B * sizeof(float));
-        coef = malloc((size_t)mb.B * sizeof(float));
-        sq = malloc((size_t)mb.B * sizeof(double));
-        double *w = malloc((size_t)mb.B * sizeof(double));
-        for (int b = 0; b < mb.B; b++) {
-            uint32_t gi = (uint32_t)mb.global_index[b];
-            double sg = wan_flow_sigma(&j->flow, (uint64_t)cfg->train.seed, (uint32_t)step, gi);
-            sigma[b] = (float)sg;
-            w[b] = wan_flow_weight(&j->flow, sg);
-            coef[b] = (float)(w[b] / ((double)cfg->train.gbs * (double)lat));
-            wan_flow_noise((uint64_t)cfg->train.seed, (uint32_t)step, gi, noise + b * lat, lat);
-        }
-        wan_model_input in = {mb.B, mb.C, mb.F, mb.H, mb.W, mb.latent, noise, sigma, mb.text, coef, NULL};
-        rc = wan_model_forward(&j->model, &in, sq, NULL);
-        if (!rc) rc = wan_model_backward(&j->model);
-        for (int b = 0; b < mb.B && !rc; b++) local += w[b] * sq[b] / ((double)cfg->train.gbs * (double)lat);
-        *seq_len = j->model.sh.S;
-        free(w);
+    for (int i = 0; i < warm && !rc; i++) {
+        rc = load_recv(j, step, &u);
+        if (!rc) rc = forward_send(j, &u, i, K, &local);
     }
-    free(noise);
-    free(sigma);
-    free(coef);
-    free(sq);
+    if (!rc && warm < M) rc = load_recv(j, step, &u);
+    for (int i = warm; i < M && !rc; i++) {
+        rc = forward_send(j, &u, i, K, &local);
+        if (!rc) rc = recv_backward(j, i - warm, K);
+        if (!rc && i + 1 < M) rc = load_recv(j, step, &u);
+        if (!rc) rc = send_backward(j, i - warm, K);
+    }
+    for (int b = M - warm; b < M && !rc; b++) {
+        rc = recv_backward(j, b, K);
+        if (!rc) rc = send_backward(j, b, K);
+    }
+    *seq_len = j->model.sh.S;
+    mb_input_free(&u);
     if (rc) return rc;
     WAN_TRY(wan_model_reduce_tp_grads(&j->model));
-    /* the loss: partial over dp x cp (and tp with sp); tp ranks without sp hold copies */
+    /* the loss: partial over dp x cp (and tp with sp); tp ranks without sp hold copies; only
+     * the last pipeline stage has it */
     wan_backend *be = j->rt.be;
     float pair[2] = {(float)local, 0};
     pair[1] = (float)(local - (double)pair[0]);
-    if (!(d->sp || d->tp_rank == 0)) pair[0] = pair[1] = 0;
+    if (!(d->sp || d->tp_rank == 0) || d->pp_rank != d->pp - 1) pair[0] = pair[1] = 0;
     float *buf = be->alloc(be, sizeof pair);
     be->upload(be, buf, pair, sizeof pair);
     rc = wan_allreduce(&j->rt.comm->world, buf, 2, WAN_F32, WAN_RED_SUM);
@@ -249,8 +319,9 @@ static int run(job *j, const wan_train_opts *opts) {
         tokens_per_sample = seq;
         if (step == start_step + 1 && j->rt.boot.rank == 0)
             wan_info("%s memory on rank 0: training state %.1f MiB (weights, gradients, optimizer), activations "
-                     "%.1f MiB, peak %.1f MiB", j->rt.be->name, j->model.state_bytes / 1048576.0,
-                     j->model.arena_bytes / 1048576.0, j->rt.be->mem_peak / 1048576.0);
+                     "%.1f MiB (%d micro-batch%s in flight), peak %.1f MiB", j->rt.be->name, j->model.state_bytes / 1048576.0,
+                     wan_model_activation_bytes(&j->model) / 1048576.0, j->model.nslots > 1 ? j->model.nslots : 1,
+                     j->model.nslots > 1 ? "es" : "", j->rt.be->mem_peak / 1048576.0);
         /* agree on a stop request (a signal may reach ranks at different moments) */
         float stop = stop_signal ? 1.0f : 0.0f;
         WAN_TRY(world_max(j, &stop));

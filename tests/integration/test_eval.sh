@@ -35,7 +35,8 @@ for data in "" "$T_TMP/val"; do
     val "$tag-tp2" 2 "$data" --set parallel.tp=2
     val "$tag-cp2" 2 "$data" --set parallel.cp=2
     val "$tag-cp2tp2sp" 4 "$data" --set parallel.cp=2 --set parallel.tp=2 --set parallel.sp=true
-    for l in dp2 tp2 cp2 cp2tp2sp; do t_check "$tag: validation at $l equals one rank's" same "$tag-$l" "$tag-1"; done
+    val "$tag-pp2" 2 "$data" --set parallel.pp=2
+    for l in dp2 tp2 cp2 cp2tp2sp pp2; do t_check "$tag: validation at $l equals one rank's" same "$tag-$l" "$tag-1"; done
 done
 grep -q "mean" "$T_TMP/ds-1.log" && /usr/bin/python3 -c '
 import json, sys; r = json.load(open(sys.argv[1])); sys.exit(0 if r["samples"] == 6 and r["loss"] > 0 else 1)' "$T_TMP/ds-1.json" &&

@@ -49,6 +49,8 @@ layout cp2 2 --set parallel.cp=2
 layout cp2-tp2 4 --set parallel.cp=2 --set parallel.tp=2
 layout dp2-cp2 4 --set parallel.cp=2
 layout dp3 3
+layout pp2 2 --set parallel.pp=2
+layout pp2-tp2-sp 4 --set parallel.pp=2 --set parallel.tp=2 --set parallel.sp=true
 
 # srun without PMI2: every task would think it is alone; wan-train stops and says what to do
 timeout 60 srun -n2 --mpi=none "$BIN/wan-train" "${COMMON[@]}" --set train.run_dir="$T_TMP/none" >"$T_TMP/none.log" 2>&1

@@ -5,8 +5,8 @@
 # every collective and every send/recv runs in many rounds, a hung rank reported within the
 # transport's timeout (as tests/gpu/run.sh step 4 expects), the stand-in's own timeout naming the
 # missing rank, and nothing left in /dev/shm.
-# Then wan-train with train.device = "cuda" on two ranks (tp=2, two steps) against the CPU run
-# (WAN_EMU_NCCL_TRAIN=0 skips it). GPU_CHECK / WAN_TRAIN override the binaries.
+# Then wan-train with train.device = "cuda" on two ranks (tp=2, then pp=2; two steps) against the
+# CPU run (WAN_EMU_NCCL_TRAIN=0 skips it). GPU_CHECK / WAN_TRAIN override the binaries.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -67,14 +67,17 @@ t_check "no shared-memory segment left in /dev/shm ($shm_before before, $shm_aft
 if [ "${WAN_EMU_NCCL_TRAIN:-1}" = 1 ]; then
     common=(--config configs/tiny.cfg --set train.steps=2 --set train.gbs=2 --set train.log_interval=1
             --set train.ckpt_interval=0 --set eval.interval=0)
-    timeout 1800 "$WAN_TRAIN" "${common[@]}" --nproc 2 --set parallel.tp=2 --set train.device=\"cuda\" \
-        --set train.run_dir=\"$T/gpu\" >"$T/train_gpu.log" 2>&1
-    rc=$?
-    t_check "wan-train tp=2 on two emulated GPUs over the NCCL stand-in (exit $rc)" [ $rc = 0 ]
-    [ $rc = 0 ] || tail -n 30 "$T/train_gpu.log"
     bin/wan-train "${common[@]}" --set train.run_dir=\"$T/cpu\" >"$T/train_cpu.log" 2>&1
-    t_check "wan-train on the CPU, the same steps" [ $? = 0 ]
-    python3 - "$T/gpu/steps.jsonl" "$T/cpu/steps.jsonl" <<'EOF' >"$T/cmp.log" 2>&1
+    t_check "wan-train on the CPU, the reference steps" [ $? = 0 ]
+    # tensor parallel (collectives inside every block) and two pipeline stages (send/recv of the
+    # residual stream, time embedding and text context; bf16 context)
+    for par in tp pp; do
+        timeout 1800 "$WAN_TRAIN" "${common[@]}" --nproc 2 --set parallel.$par=2 --set train.device=\"cuda\" \
+            --set train.run_dir=\"$T/gpu-$par\" >"$T/train_gpu_$par.log" 2>&1
+        rc=$?
+        t_check "wan-train $par=2 on two emulated GPUs over the NCCL stand-in (exit $rc)" [ $rc = 0 ]
+        [ $rc = 0 ] || tail -n 30 "$T/train_gpu_$par.log"
+        python3 - "$T/gpu-$par/steps.jsonl" "$T/cpu/steps.jsonl" <<'EOF' >"$T/cmp.log" 2>&1
 import json, sys
 def steps(p):
     return [(r["loss"], r["grad_norm"]) for r in map(json.loads, open(p)) if r["type"] == "step"]
@@ -86,7 +89,8 @@ worst = max(abs(a - b) / abs(b) for x, y in zip(g, c) for a, b in zip(x, y))
 print(f"losses and gradient norms of {len(g)} steps, worst relative difference {worst:.2e} (bf16 GPU vs fp32 CPU)")
 sys.exit(0 if 0 < worst < 5e-2 else 1)
 EOF
-    rc=$?
-    t_check "tp=2 emulated losses follow the CPU run: $(tail -n1 "$T/cmp.log")" [ $rc = 0 ]
+        rc=$?
+        t_check "$par=2 emulated losses follow the CPU run: $(tail -n1 "$T/cmp.log")" [ $rc = 0 ]
+    done
 fi
 t_summary

@@ -36,6 +36,28 @@ layout dp3-uneven 3
 # (the default) or not; the ring of the kept attention is not run again
 layout cp2-tp2-recompute 4 --set parallel.cp=2 --set parallel.tp=2 --set train.recompute=true
 layout cp2-recompute-full 2 --set parallel.cp=2 --set train.recompute=true --set train.recompute_attention=true
+# pipeline parallel: 1F1B over the stages (6 micro-batches a step), alone and with each other
+# dimension; with 4 layers, stages that neither embed nor have the head
+layout pp2 2 --set parallel.pp=2
+layout pp2-dp2 4 --set parallel.pp=2
+layout pp2-tp2-sp 4 --set parallel.pp=2 --set parallel.tp=2 --set parallel.sp=true
+layout pp2-cp2-recompute 4 --set parallel.pp=2 --set parallel.cp=2 --set train.recompute=true
+# layout_vs BASE NAME NPROC overrides...: like layout, against the single process run BASE
+# trained with the same overrides but the parallel ones
+layout_vs() {
+    local base=$1 name=$2 n=$3; shift 3
+    if ! train "$name" "$n" "$@"; then t_fail "$name: training failed"; tail -5 "$T_TMP/$name.log"; return; fi
+    t_check "$name: losses match the single process" t_same_losses "$T_TMP/$base" "$T_TMP/$name"
+    t_same_state "$name" "$T_TMP/$base" "$T_TMP/$name"
+}
+L4=(--set model.num_layers=4)
+train base-l4 1 "${L4[@]}" || t_fail "single process with 4 layers"
+layout_vs base-l4 pp4 4 "${L4[@]}" --set parallel.pp=4
+layout_vs base-l4 pp2-l4-recompute-full 2 "${L4[@]}" --set parallel.pp=2 --set train.recompute=true \
+    --set train.recompute_attention=true
+# fewer micro-batches than stages: the schedule runs every forward first
+train base-l4-gbs2 1 "${L4[@]}" --set train.gbs=2 || t_fail "single process with 4 layers, gbs 2"
+layout_vs base-l4-gbs2 pp4-gbs2 4 "${L4[@]}" --set train.gbs=2 --set parallel.pp=4
 # every op is deterministic: recomputed activations are the kept ones, so the state is identical
 for mode in keep:false full:true; do
     train "recompute-${mode%%:*}" 1 --set train.recompute=true --set train.recompute_attention="${mode#*:}" ||
@@ -61,7 +83,7 @@ layout27 cp2-padded 2 --set parallel.cp=2
 layout27 cp2-tp2-sp-padded 4 --set parallel.cp=2 --set parallel.tp=2 --set parallel.sp=true
 
 # every rank sent exactly the bytes the parallel design predicts (bench/comm_volume.py)
-if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-tp2-recompute,cp2-recompute-full,cp2-padded,cp2-tp2-sp-padded} >"$T_TMP/volume" 2>&1; then
+if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-tp2-recompute,cp2-recompute-full,cp2-padded,cp2-tp2-sp-padded,pp2,pp2-dp2,pp2-tp2-sp,pp2-cp2-recompute,pp4,pp2-l4-recompute-full,pp4-gbs2} >"$T_TMP/volume" 2>&1; then
     t_ok "bytes sent per step equal the design's prediction in every layout"
 else t_fail "communication volume differs from the design"; cat "$T_TMP/volume"; fi
 
@@ -75,6 +97,12 @@ pieces=$(grep -c '"file"' "$T_TMP/cp2-tp2/checkpoints/latest/meta.json")
 rc=$?
 [ $rc = 2 ] && grep -q "3 ranks is not divisible by tp \* cp \* pp" "$T_TMP/bad.log" && [ ! -e "$T_TMP/bad/steps.jsonl" ] &&
     t_ok "world 3 with tp 2 refused (exit 2) before training" || { t_fail "world 3 with tp 2: exit $rc"; cat "$T_TMP/bad.log"; }
+"$BIN/wan-train" "${COMMON[@]}" --set train.run_dir="$T_TMP/badvp" --set model.num_layers=4 --set parallel.pp=2 \
+    --set parallel.vp=2 --nproc 2 >"$T_TMP/badvp.log" 2>&1
+rc=$?
+[ $rc = 2 ] && grep -q "parallel.vp = 2: virtual pipeline stages (the interleaved schedule) are not implemented" \
+    "$T_TMP/badvp.log" && [ ! -e "$T_TMP/badvp/steps.jsonl" ] &&
+    t_ok "pp 2 with virtual stages refused (exit 2)" || { t_fail "vp 2: exit $rc"; cat "$T_TMP/badvp.log"; }
 "$BIN/wan-train" "${COMMON[@]}" --set train.run_dir="$T_TMP/bad2" --set train.gbs=5 --nproc 2 >"$T_TMP/bad2.log" 2>&1
 rc=$?
 [ $rc = 2 ] && grep -q "train.gbs = 5: not divisible by train.mbs \* dp = 1 \* 2" "$T_TMP/bad2.log" &&

@@ -50,9 +50,10 @@ losses "$T/runA2" >"$T/lossA2"
 compare "$T/lossA" "$T/lossA2" >"$T/cmp" && t_ok "resume at A reproduces A: $(cat "$T/cmp")" ||
     { t_fail "resume at A: $(cat "$T/cmp")"; tail -5 "$T/a2.log"; }
 
-# B layouts: tensor parallel 2 (dp 1), tensor + sequence parallel, one rank, dp 4
+# B layouts: tensor parallel 2 (dp 1), tensor + sequence parallel, one rank, dp 4, two
+# pipeline stages with dp 2
 for spec in "tp2:2:tp=2:--set parallel.tp=2" "tp2sp:2:tp=2,sp=1:--set parallel.tp=2 --set parallel.sp=true" \
-    "tp1dp1:1:tp=1:" "dp4:4:dp=4:"; do
+    "tp1dp1:1:tp=1:" "dp4:4:dp=4:" "pp2dp2:4:pp=2,dp=2:--set parallel.pp=2"; do
     IFS=: read -r name nproc layout sets <<<"$spec"
     dst="$T/ck_$name"
     if "$R" convert --from "$ck" --to "$dst" --layout "$layout" -q 2>"$T/conv.log"; then
