@@ -22,6 +22,12 @@ run cp2-recompute-full 2 --set parallel.cp=2 --set train.recompute=true --set tr
 run cp2-tp2 4 --set parallel.cp=2 --set parallel.tp=2
 run cp2-tp2-sp 4 --set parallel.cp=2 --set parallel.tp=2 --set parallel.sp=true
 run dp2-cp2 4 --set parallel.cp=2
+run pp2 2 --set parallel.pp=2
+run pp2-dp2 4 --set parallel.pp=2
+run pp2-tp2-sp 4 --set parallel.pp=2 --set parallel.tp=2 --set parallel.sp=true
+run pp2-cp2 4 --set parallel.pp=2 --set parallel.cp=2
+run pp4 4 --set parallel.pp=4 --set model.num_layers=4
 echo "Bytes sent per rank per step (tiny model, fp32 CPU transport; ring-algorithm volumes):"
 /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$tmp"/dp2 "$tmp"/dp3 "$tmp"/tp2 "$tmp"/tp2-sp "$tmp"/tp2-recompute \
-    "$tmp"/cp2 "$tmp"/cp2-recompute "$tmp"/cp2-recompute-full "$tmp"/cp2-tp2 "$tmp"/cp2-tp2-sp "$tmp"/dp2-cp2
+    "$tmp"/cp2 "$tmp"/cp2-recompute "$tmp"/cp2-recompute-full "$tmp"/cp2-tp2 "$tmp"/cp2-tp2-sp "$tmp"/dp2-cp2 \
+    "$tmp"/pp2 "$tmp"/pp2-dp2 "$tmp"/pp2-tp2-sp "$tmp"/pp2-cp2 "$tmp"/pp4
