@@ -140,6 +140,8 @@ static void free_acts(wan_model *m, void *arena, struct wan_model_acts *a) {
     }
 }
 
+static void relayout(wan_model *m);
+
 int wan_model_use_slot(wan_model *m, int k, int n) {
     if (n < 1 || k < 0 || k >= n) return wan_fail(WAN_ERR_RUNTIME, "activation set %d of %d", k, n);
     if (n > m->nslots) {
@@ -155,11 +157,12 @@ int wan_model_use_slot(wan_model *m, int k, int n) {
     m->sh = s->sh, m->arena = s->arena, m->arena_bytes = s->arena_bytes, m->a = s->a;
     *s = (struct wan_model_slot){0};
     m->slot = k;
+    if (m->arena) relayout(m); /* the shared arena may have moved since this set last ran */
     return 0;
 }
 
 size_t wan_model_activation_bytes(const wan_model *m) {
-    size_t n = m->arena_bytes + m->pipe_in_bytes;
+    size_t n = m->arena_bytes + m->shared_bytes + m->pipe_in_bytes;
     for (int i = 0; i < m->nslots; i++) n += m->slots[i].arena_bytes;
     return n;
 }
@@ -169,6 +172,7 @@ void wan_model_destroy(wan_model *m) {
     for (int i = 0; i < m->nslots; i++) free_acts(m, m->slots[i].arena, m->slots[i].a);
     free(m->slots);
     if (m->pipe_in) m->be->free(m->be, m->pipe_in);
+    if (m->shared) m->be->free(m->be, m->shared);
     if (m->state) m->be->free(m->be, m->state);
     free(m->blk);
     wan_params_free(&m->ps);
@@ -242,8 +246,11 @@ static void *take(bump *b, size_t bytes) {
     return p;
 }
 
-/* Lay out every buffer; with base == NULL only measures. */
-static void layout(wan_model *m, bump *b) {
+/* Lay out every buffer; with base == NULL only measures. `b` takes what a micro-batch keeps
+ * from its forward to its backward, `sh` what is rebuilt or used within one block's forward or
+ * backward (scratch, and with recompute the block activations): micro-batches in flight in a
+ * pipeline schedule each have their own `b` and share one `sh`. */
+static void layout(wan_model *m, bump *b, bump *sh) {
     struct wan_model_acts *a = m->a;
     const wan_shape *s = &m->sh;
     size_t as = wan_dtype_size(m->be->act), fs = sizeof(float);
@@ -310,6 +317,9 @@ static void layout(wan_model *m, bump *b) {
             }
             continue;
         }
+        /* with recompute the one set every block uses is rebuilt in the backward: shared */
+        bump *own_b = b;
+        if (m->recompute != WAN_RECOMPUTE_NONE) b = sh;
         k->x1 = take(b, T * D * fs);
         k->x2 = take(b, T * D * fs);
         k->mod = take(b, B * 6 * D * fs);
@@ -341,34 +351,39 @@ static void layout(wan_model *m, bump *b) {
         k->h = take(b, Tf * Fl * as);
         k->g = take(b, Tf * Fl * as);
         k->ff_y = take(b, T * D * fs);
+        if (keep_att) { /* the attention output the recomputing backward keeps */
+            k->att = take(own_b, Tf * Dl * as);
+            k->lse = take(own_b, lse * fs);
+        }
+        b = own_b;
     }
-    a->y_part = take(b, Tf * D * fs);
-    a->dy = take(b, Tf * D * as);
-    a->dln = take(b, Tf * D * fs);
-    a->dg = take(b, Tf * Fl * as);
-    a->dh = take(b, Tf * Fl * as);
-    a->datt = take(b, Tf * Dl * as);
-    a->dq = take(b, Tf * Dl * as);
-    a->dkv = take(b, 2 * Tf * Dl * as);
-    a->dqk_raw = take(b, Tf * 2 * Dl * as);
-    a->dcatt = take(b, Tf * Dl * as);
-    a->dcqn = take(b, Tf * Dl * as);
-    a->dcq = take(b, Tf * Dl * as);
-    a->dckn = take(b, BL * Dl * as);
-    a->dckv = take(b, BL * 2 * Dl * as);
+    a->y_part = take(sh, Tf * D * fs);
+    a->dy = take(sh, Tf * D * as);
+    a->dln = take(sh, Tf * D * fs);
+    a->dg = take(sh, Tf * Fl * as);
+    a->dh = take(sh, Tf * Fl * as);
+    a->datt = take(sh, Tf * Dl * as);
+    a->dq = take(sh, Tf * Dl * as);
+    a->dkv = take(sh, 2 * Tf * Dl * as);
+    a->dqk_raw = take(sh, Tf * 2 * Dl * as);
+    a->dcatt = take(sh, Tf * Dl * as);
+    a->dcqn = take(sh, Tf * Dl * as);
+    a->dcq = take(sh, Tf * Dl * as);
+    a->dckn = take(sh, BL * Dl * as);
+    a->dckv = take(sh, BL * 2 * Dl * as);
     size_t nss = 2 * (Tf > BL ? Tf : BL);
-    a->ss = take(b, nss * fs);
-    a->dot = take(b, nss * fs);
-    a->dmod = take(b, B * 6 * D * fs);
+    a->ss = take(sh, nss * fs);
+    a->dot = take(sh, nss * fs);
+    a->dmod = take(sh, B * 6 * D * fs);
     if (m->dist->cp > 1) {
         for (int i = 0; i < 2; i++) {
-            a->ring_kv[i] = take(b, 2 * Tf * Dl * as);
-            a->ring_dkv[i] = take(b, 2 * Tf * Dl * as);
+            a->ring_kv[i] = take(sh, 2 * Tf * Dl * as);
+            a->ring_dkv[i] = take(sh, 2 * Tf * Dl * as);
         }
-        a->o_blk = take(b, Tf * Dl * as);
-        a->lse_blk = take(b, lse * fs);
-        a->acc = take(b, Tf * Dl * fs);
-        a->lse_acc = take(b, lse * fs);
+        a->o_blk = take(sh, Tf * Dl * as);
+        a->lse_blk = take(sh, lse * fs);
+        a->acc = take(sh, Tf * Dl * fs);
+        a->lse_acc = take(sh, lse * fs);
     }
 }
 
@@ -404,6 +419,12 @@ int wan_shape_compute(const wan_model *m, int B, int C, int F, int H, int W, wan
 }
 
 /* Activation memory for the shape in m->sh. */
+/* Point the current activation set's buffers into its arena and the shared one. */
+static void relayout(wan_model *m) {
+    bump b = {m->arena, 0}, sh = {m->shared, 0};
+    layout(m, &b, &sh);
+}
+
 static int alloc_acts(wan_model *m) {
     const wan_shape *s = &m->sh;
     int B = s->B, C = s->C, F = s->F, H = s->H, W = s->W;
@@ -416,15 +437,20 @@ static int alloc_acts(wan_model *m) {
     memset(a, 0, sizeof *a);
     a->blocks = calloc((size_t)m->cfg.num_layers, sizeof *a->blocks);
     a->sqsum_host = calloc((size_t)B, sizeof(float));
-    bump b = {0};
-    layout(m, &b);
+    bump b = {0}, sh = {0};
+    layout(m, &b, &sh);
+    if (sh.off > m->shared_bytes) { /* grows only: other activation sets point into it (relayout) */
+        if (m->shared) m->be->free(m->be, m->shared);
+        m->shared = m->be->alloc(m->be, sh.off);
+        m->shared_bytes = m->shared ? sh.off : 0;
+    }
     m->arena = m->be->alloc(m->be, b.off);
     m->arena_bytes = b.off;
-    if (!m->arena)
-        return wan_fail(WAN_ERR_RUNTIME, "out of %s memory: activations of a %dx%dx%dx%dx%d micro-batch need %.2f GB",
-                        m->be->name, B, C, F, H, W, (double)b.off / 1e9);
-    b = (bump){m->arena, 0};
-    layout(m, &b);
+    if (!m->arena || !m->shared)
+        return wan_fail(WAN_ERR_RUNTIME, "out of %s memory: activations of a %dx%dx%dx%dx%d micro-batch need %.2f GB "
+                        "(%.2f GB of it shared by the micro-batches in flight)",
+                        m->be->name, B, C, F, H, W, (double)(b.off + sh.off) / 1e9, (double)sh.off / 1e9);
+    relayout(m);
 
     size_t half = (size_t)m->hd / 2, n = (size_t)s->S_pad * half;
     float *c = malloc(n * sizeof *c), *si = malloc(n * sizeof *si);

@@ -100,6 +100,8 @@ typedef struct wan_model {
     wan_shape sh;
     void *arena; /* activations of the current shape (model.c owns the layout) */
     size_t arena_bytes;
+    void *shared; /* what the activation sets share: scratch, recomputed block activations */
+    size_t shared_bytes;
     struct wan_model_acts *a;
     /* Activation sets of micro-batches in flight (pipeline schedule): sh, arena, arena_bytes
      * and a above are those of set `slot`; the others wait here. */

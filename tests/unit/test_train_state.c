@@ -1,6 +1,7 @@
-/* The training state's one allocation: weights, gradients and the optimizer's buffers are
- * slices of the model's state buffer that exactly fill it, aligned and disjoint, for one rank
- * and for a ZeRO shard; a model made without optimizer room refuses an optimizer. */
+/* The model's memory. The training state's one allocation: weights, gradients and the
+ * optimizer's buffers are slices of the model's state buffer that exactly fill it, aligned and
+ * disjoint, for one rank and for a ZeRO shard; a model made without optimizer room refuses an
+ * optimizer. Activation sets of micro-batches in flight share their scratch. */
 #include <stdint.h>
 
 #include "config.h"
@@ -101,9 +102,41 @@ static void test_no_room_no_optimizer(void) {
     be->destroy(be);
 }
 
+/* Micro-batches in flight (pipeline) each keep their own activations but share the scratch and,
+ * with recompute, the rebuilt block activations: a second set costs its own part only. */
+static void test_activation_sets_share_scratch(void) {
+    wan_config cfg;
+    wan_config_defaults(&cfg);
+    wan_backend *be = wan_backend_cpu(1);
+    wan_dist d = fake_dist(1, 0);
+    wan_model m;
+    const int *ls = cfg.train.latent_shape;
+    for (int r = 0; r < 2; r++) {
+        wan_recompute mode = r ? WAN_RECOMPUTE_KEEP_ATTENTION : WAN_RECOMPUTE_NONE;
+        if (wan_model_create(&m, &cfg.model, be, &d, mode, false)) {
+            CHECKF(0, "%s", wan_errmsg());
+            continue;
+        }
+        int rc = wan_model_use_slot(&m, 0, 2) || wan_model_set_shape(&m, 1, cfg.model.in_dim, ls[0], ls[1], ls[2]);
+        size_t own = m.arena_bytes, shared = m.shared_bytes;
+        rc = rc || wan_model_use_slot(&m, 1, 2) || wan_model_set_shape(&m, 1, cfg.model.in_dim, ls[0], ls[1], ls[2]);
+        CHECKF(rc == 0, "%s", wan_errmsg());
+        CHECK(own > 0 && shared > 0 && m.arena_bytes == own && m.shared_bytes == shared);
+        CHECKF(wan_model_activation_bytes(&m) == 2 * own + shared, "%zu bytes for two sets of %zu + %zu shared",
+               wan_model_activation_bytes(&m), own, shared);
+        /* recompute moves the block activations from each set to the shared part */
+        static size_t own_plain;
+        if (!r) own_plain = own;
+        else CHECKF(own < own_plain, "own part %zu with recompute, %zu without", own, own_plain);
+        wan_model_destroy(&m);
+    }
+    be->destroy(be);
+}
+
 int main(void) {
     RUN(test_one_rank);
     RUN(test_zero_shard_last_of_three);
     RUN(test_no_room_no_optimizer);
+    RUN(test_activation_sets_share_scratch);
     return test_summary();
 }
