@@ -159,6 +159,11 @@ void wan_cuda_convert_n(cudaStream_t st, void *dst, wan_dtype dt, const void *sr
 /* out[r * ld + c] += bias[c] for r < rows, c < cols (the bias the GEMM epilogue could not add). */
 void wan_cuda_bias_add(cudaStream_t st, void *out, wan_dtype dt, int ld, const void *bias, wan_dtype bias_dt, int rows,
                        int cols);
+/* D[m x n] = op(A) op(B) + beta * D, column-major as cuBLASLt (for shapes it has no algorithm
+ * for): fp32 accumulation, any element types. */
+void wan_cuda_gemm_fallback(cudaStream_t st, bool transa, bool transb, int64_t m, int64_t n, int64_t k, const void *A,
+                            wan_dtype ta, int64_t lda, const void *B, wan_dtype tb, int64_t ldb, void *D, wan_dtype td,
+                            int64_t ldd, float beta);
 /* db[c] += sum over r of x[r * cols + c], deterministic. */
 void wan_cuda_colsum(wan_backend *be, float *db, const void *x, wan_dtype dt, int rows, int cols);
 /* dst[r * ldd + c] += src[r * lds + c] (dtype dt, summed in fp32). */

@@ -27,6 +27,7 @@
 #include <xxhash.h>
 
 #include "cuda_internal.h"
+#include "log.h"
 
 #define WAN_CUBLAS(call)                                                                           \
     do {                                                                                           \
@@ -49,6 +50,7 @@ typedef struct {
     mm_key key;
     bool used;
     bool bias_in_epilogue; /* false: no algorithm had the bias epilogue; a kernel adds it */
+    bool fallback;         /* no algorithm at all: wan_cuda_gemm_fallback computes it */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, ld;
     cublasLtMatmulAlgo_t algo;
@@ -155,13 +157,18 @@ static void plan_build(wan_cuda *c, mm_plan *p, const mm_key *k, const void *bia
         set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
     }
     cublasStatus_t s = pick_algo(c, p);
-    if (s != CUBLAS_STATUS_SUCCESS)
-        wan_cuda_dief(__FILE__, __LINE__,
-                      "cuBLASLt: %s: no algorithm for the GEMM m=%lld n=%lld k=%lld (trans %c%c, types A %d B %d D %d, "
-                      "ld %lld/%lld/%lld, alignments %d/%d/%d bytes)",
-                      cublasLtGetStatusString(s), (long long)k->m, (long long)k->n, (long long)k->k, na ? 'N' : 'T', nb ? 'N' : 'T', k->ta, k->tb,
-                      k->td, (long long)k->lda, (long long)k->ldb, (long long)k->ldd, k->align_a, k->align_b,
-                      k->align_d);
+    if (s == CUBLAS_STATUS_SUCCESS) return;
+    if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_INVALID_VALUE)
+        wan_cuda_dief(__FILE__, __LINE__, "cuBLASLt: %s: asking for an algorithm for the GEMM m=%lld n=%lld k=%lld",
+                      cublasLtGetStatusString(s), (long long)k->m, (long long)k->n, (long long)k->k);
+    /* The heuristic may refuse degenerate shapes (one row, k = 1): a plain kernel does them.
+     * Once per shape: the plan is cached. */
+    p->fallback = true;
+    wan_warn("cuBLASLt has no algorithm for the GEMM m=%lld n=%lld k=%lld (trans %c%c, types A %d B %d D %d, ld "
+             "%lld/%lld/%lld, alignments %d/%d/%d bytes: %s); using the fallback kernel, which is slow for large shapes",
+             (long long)k->m, (long long)k->n, (long long)k->k, na ? 'N' : 'T', nb ? 'N' : 'T', k->ta, k->tb, k->td,
+             (long long)k->lda, (long long)k->ldb, (long long)k->ldd, k->align_a, k->align_b, k->align_d,
+             cublasLtGetStatusString(s));
 }
 
 static mm_plan *plan_get(wan_cuda *c, const mm_key *k, const void *bias) {
@@ -214,6 +221,12 @@ static void lt_gemm(wan_backend *be, cublasOperation_t transa, cublasOperation_t
     key.align_d = ptr_align(D);
     key.align_bias = bias ? ptr_align(bias) : 0;
     mm_plan *p = plan_get(c, &key, bias);
+    if (p->fallback) {
+        wan_cuda_gemm_fallback(c->stream, transa == CUBLAS_OP_T, transb == CUBLAS_OP_T, m, n, k, A, ta, lda, B, tb, ldb,
+                               D, td, ldd, beta);
+        if (bias) wan_cuda_bias_add(c->stream, D, td, (int)ldd, bias, tbias, (int)n, (int)m);
+        return;
+    }
     if (p->bias_in_epilogue) set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
     float alpha = 1.0f;
     WAN_CUBLAS(cublasLtMatmul((cublasLtHandle_t)c->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld,

@@ -331,6 +331,12 @@ static int stats_tensor(graph_build *g, const sdpa_key *k, cudnnBackendDescripto
 }
 
 static int build_fwd_unified(graph_build *g, const sdpa_key *k) {
+    /* cudnn-frontend's support surface: the single operation from 9.13.1, its sequence lengths
+     * (padding) from 9.15.0; otherwise the caller builds the composite graph */
+    size_t version = cudnnGetVersion();
+    if (version < 91301 || (key_padded(k) && version < 91500))
+        return wan_fail(WAN_ERR_RUNTIME, "cuDNN %zu: the SDPA_FWD operation needs 9.13.1%s", version,
+                        key_padded(k) ? " and its sequence lengths 9.15.0" : "");
     int64_t d[4], s[4];
     cudnnBackendDescriptor_t q, kk, v, o, stats, scale, seq_q = NULL, seq_kv = NULL, op;
     bshd(d, s, k->B, k->H, k->Sq, k->hd, k->ldq);

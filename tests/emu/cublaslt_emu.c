@@ -425,6 +425,16 @@ static uint64_t addr_align(const void *ptr) {
  * A, B, C, D and the bias that it was promised, data[7] its workspace (none). */
 static cublasStatus_t heuristic(const char *fn, const problem *p, const uint32_t align[4], uint64_t max_ws,
                                 cublasLtMatmulAlgo_t *algo) {
+    /* WAN_EMU_CUBLASLT_REFUSE=N: no algorithm when m, n or k is at most N, as the real heuristic
+     * may answer for degenerate shapes (tests the caller's fallback) */
+    const char *refuse = getenv("WAN_EMU_CUBLASLT_REFUSE");
+    if (refuse && *refuse) {
+        int64_t lim = strtoll(refuse, NULL, 10), mn = p->m < p->n ? p->m : p->n;
+        if (p->k < mn) mn = p->k;
+        if (mn <= lim)
+            return fail(CUBLAS_STATUS_NOT_SUPPORTED, fn, "no algorithm for m=%lld n=%lld k=%lld (WAN_EMU_CUBLASLT_REFUSE=%s)",
+                        (long long)p->m, (long long)p->n, (long long)p->k, refuse);
+    }
     for (int i = 0; i < 4; i++)
         if (align[i] < type_size(p->l[i]->type))
             return fail(CUBLAS_STATUS_NOT_SUPPORTED, fn, "no algorithm for %c aligned to %u bytes (elements of %zu bytes)",

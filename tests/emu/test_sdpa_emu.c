@@ -779,6 +779,32 @@ int main(void) {
         unsetenv("WAN_CUDNN_EMU_VERSION");
     }
 
+    /* cuDNN 9.14: the single operation exists, not its sequence lengths; a padded forward is the
+     * composite graph in auto mode and refused when the single operation is pinned */
+    {
+        setenv("WAN_CUDNN_EMU_VERSION", "91400", 1);
+        shape s = {"as cuDNN 9.14, padded self S=40 kv_valid=33 hd=64", 1, 2, 40, 40, 64, 33, false, 0};
+        problem p;
+        if (problem_init(&p, &s)) {
+            size_t nq = (size_t)s.B * s.H * s.Sq * s.hd, ln = (size_t)s.B * s.H * s.Sq;
+            double *P = malloc((size_t)s.B * s.H * s.Sq * s.Skv * sizeof(double)), *O = malloc(nq * sizeof(double));
+            double *L = malloc(ln * sizeof(double));
+            ref_forward(&p, P, O, L);
+            check_forward(sd_auto, " (auto: composite graph)", &p, O, L, NULL);
+            uint16_t *out = dev_alloc(NULL, (size_t)s.B * s.Sq * p.ldo * 2);
+            float *lse = dev_alloc(NULL, ln * 4);
+            wan_error_clear();
+            int rc = wan_sdpa_fwd(sd_unified, out, p.ldo, lse, p.q, p.ldq, p.k, p.ldk, p.v, p.ldv, s.B, s.H, s.Sq, s.Skv,
+                                  s.hd, s.kv_valid, p.scale);
+            result(rc != 0 && strstr(wan_errmsg(), "needs 9.13.1 and its sequence lengths 9.15.0"),
+                   "WAN_SDPA_FWD=unified at cuDNN 9.14 with padding refused: %s", wan_errmsg());
+            dev_free(NULL, out), dev_free(NULL, lse);
+            free(P), free(O), free(L);
+        }
+        problem_free(&p);
+        unsetenv("WAN_CUDNN_EMU_VERSION");
+    }
+
     /* our own checks run before cuDNN sees anything */
     {
         shape s = {"misaligned q", 1, 1, 16, 16, 64, 16, false, 0};

@@ -5,7 +5,8 @@
 # interprets the attention graphs), under AddressSanitizer. What it checks:
 #   1. the emulator itself catches the kernel bugs it exists for (emu_selfcheck)
 #   2. the stand-ins against independent references (test_cublaslt_emu, test_sdpa_emu)
-#   3. gpu_check: every CUDA op against its CPU twin, threads run in both orders
+#   3. gpu_check: every CUDA op against its CPU twin, threads run in both orders; the matmuls
+#      again with cuBLASLt refusing every shape (the fallback GEMM kernel)
 #   4. gpu_model_check: the whole model's loss and gradients, and ten training steps, against the
 #      CPU backend; a planted weight error must make it fail
 #   5. wan-train with train.device = "cuda" on the emulator, a few steps, losses near the CPU run
@@ -75,6 +76,15 @@ for o in forward reverse; do
     t_check "gpu_check --quick on the emulator ($o order): $(tail -n1 "$T/ops.$o.log")" [ $rc = 0 ]
     [ $rc = 0 ] || grep -v ' ok$' "$T/ops.$o.log" | tail -n 30
 done
+
+# cuBLASLt without an algorithm (its heuristic may refuse degenerate shapes): every GEMM through
+# the fallback kernel, still equal to the CPU backend, and said once per shape
+WAN_EMU_CUBLASLT_REFUSE=1000000000 timeout 600 "$EMU/tests/tools/gpu_check" --quick --seed 7 --only matmul \
+    >"$T/fallback.log" 2>"$T/fallback.err"
+rc=$?
+t_check "GEMM fallback kernel for every matmul check: $(tail -n1 "$T/fallback.log")" [ $rc = 0 ] &&
+    [ "$(grep -c 'using the fallback kernel' "$T/fallback.err")" -gt 5 ]
+[ $rc = 0 ] || grep -v ' ok$' "$T/fallback.log" | tail -n 20
 
 # ---- 4. the whole model against the CPU backend
 timeout 900 "$EMU/tests/tools/gpu_model_check" --seed 3 >"$T/model.log" 2>&1
