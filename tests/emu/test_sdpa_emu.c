@@ -721,6 +721,27 @@ static wan_sdpa *create_with(cudnnHandle_t h, const char *fwd) {
     return s;
 }
 
+/* A problem of shape s and the reference forward of it: probabilities, output, log-sum-exp. */
+typedef struct {
+    double *P, *O, *L;
+} reference;
+
+static bool reference_init(reference *r, problem *p, const shape *s) {
+    memset(r, 0, sizeof *r);
+    if (!problem_init(p, s)) return false;
+    size_t nq = (size_t)s->B * s->H * s->Sq * s->hd, ln = (size_t)s->B * s->H * s->Sq;
+    r->P = malloc((size_t)s->B * s->H * s->Sq * s->Skv * sizeof(double));
+    r->O = malloc(nq * sizeof(double));
+    r->L = malloc(ln * sizeof(double));
+    ref_forward(p, r->P, r->O, r->L);
+    return true;
+}
+
+static void reference_free(reference *r) {
+    free(r->P), free(r->O), free(r->L);
+    memset(r, 0, sizeof *r);
+}
+
 int main(void) {
     unsetenv("WAN_CUDNN_EMU_VERSION");
     cudnnHandle_t h = NULL;
@@ -751,14 +772,12 @@ int main(void) {
     {
         shape s = {"pinned unified, self B=1 H=2 S=32 kv_valid=30 hd=64", 1, 2, 32, 32, 64, 30, false, 0};
         problem p;
-        if (problem_init(&p, &s)) {
-            size_t nq = (size_t)s.B * s.H * s.Sq * s.hd, ln = (size_t)s.B * s.H * s.Sq;
-            double *P = malloc((size_t)s.B * s.H * s.Sq * s.Skv * sizeof(double)), *O = malloc(nq * sizeof(double));
-            double *L = malloc(ln * sizeof(double));
-            ref_forward(&p, P, O, L);
+        reference r;
+        if (reference_init(&r, &p, &s)) {
+            double *O = r.O, *L = r.L;
             check_forward(sd_unified, "WAN_SDPA_FWD=unified", &p, O, L, NULL);
-            free(P), free(O), free(L);
         }
+        reference_free(&r);
         problem_free(&p);
     }
 
@@ -767,14 +786,12 @@ int main(void) {
         setenv("WAN_CUDNN_EMU_VERSION", "91500", 1);
         shape s = {"as cuDNN 9.15 (workaround mask), self S=48 hd=128", 1, 2, 48, 48, 128, 48, false, 0};
         problem p;
-        if (problem_init(&p, &s)) {
-            size_t nq = (size_t)s.B * s.H * s.Sq * s.hd, ln = (size_t)s.B * s.H * s.Sq;
-            double *P = malloc((size_t)s.B * s.H * s.Sq * s.Skv * sizeof(double)), *O = malloc(nq * sizeof(double));
-            double *L = malloc(ln * sizeof(double));
-            ref_forward(&p, P, O, L);
+        reference r;
+        if (reference_init(&r, &p, &s)) {
+            double *P = r.P, *O = r.O, *L = r.L;
             check_backward(sd_auto, " with seq_len_kv = Skv", &p, P, O, L);
-            free(P), free(O), free(L);
         }
+        reference_free(&r);
         problem_free(&p);
         unsetenv("WAN_CUDNN_EMU_VERSION");
     }
@@ -785,22 +802,20 @@ int main(void) {
         setenv("WAN_CUDNN_EMU_VERSION", "91400", 1);
         shape s = {"as cuDNN 9.14, padded self S=40 kv_valid=33 hd=64", 1, 2, 40, 40, 64, 33, false, 0};
         problem p;
-        if (problem_init(&p, &s)) {
-            size_t nq = (size_t)s.B * s.H * s.Sq * s.hd, ln = (size_t)s.B * s.H * s.Sq;
-            double *P = malloc((size_t)s.B * s.H * s.Sq * s.Skv * sizeof(double)), *O = malloc(nq * sizeof(double));
-            double *L = malloc(ln * sizeof(double));
-            ref_forward(&p, P, O, L);
+        reference r;
+        if (reference_init(&r, &p, &s)) {
+            double *O = r.O, *L = r.L;
             check_forward(sd_auto, " (auto: composite graph)", &p, O, L, NULL);
             uint16_t *out = dev_alloc(NULL, (size_t)s.B * s.Sq * p.ldo * 2);
-            float *lse = dev_alloc(NULL, ln * 4);
+            float *lse = dev_alloc(NULL, (size_t)s.B * s.H * s.Sq * 4);
             wan_error_clear();
             int rc = wan_sdpa_fwd(sd_unified, out, p.ldo, lse, p.q, p.ldq, p.k, p.ldk, p.v, p.ldv, s.B, s.H, s.Sq, s.Skv,
                                   s.hd, s.kv_valid, p.scale);
             result(rc != 0 && strstr(wan_errmsg(), "needs 9.13.1 and its sequence lengths 9.15.0"),
                    "WAN_SDPA_FWD=unified at cuDNN 9.14 with padding refused: %s", wan_errmsg());
             dev_free(NULL, out), dev_free(NULL, lse);
-            free(P), free(O), free(L);
         }
+        reference_free(&r);
         problem_free(&p);
         unsetenv("WAN_CUDNN_EMU_VERSION");
     }
