@@ -58,8 +58,9 @@ typedef struct wan_comm_ops {
      * listed: it gets rank -1 and a handle it must not use. */
     int (*make_group)(wan_comm *c, wan_group *g, const char *name, int index, const int *ranks, int size);
     void (*destroy)(wan_comm *c);
-    /* Optional: this rank gives up (a fatal error outside the communicator): the other ranks'
-     * current and later calls fail promptly with "rank R aborted: why". */
+    /* Optional: this rank gives up (a fatal error outside the communicator). CPU transport: the
+     * other ranks' current and later calls fail promptly with "rank R aborted: why". NCCL: this
+     * rank's communicators only; the launcher (srun --kill-on-bad-exit, --nproc) stops the rest. */
     void (*abort)(wan_comm *c, const char *why);
 } wan_comm_ops;
 

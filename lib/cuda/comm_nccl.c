@@ -14,7 +14,13 @@
  * against a deadline of comm->timeout_s seconds. On an error or at the deadline every
  * communicator of this rank is aborted (ncclCommAbort: the kernels stop, the streams move on),
  * the transport is poisoned, and the call returns WAN_ERR_RUNTIME naming the operation and the
- * group. */
+ * group.
+ *
+ * What NCCL does not do: tell the other ranks. ncclCommAbort acts on this rank only, and a peer
+ * that died or gave up leaves the others spinning with no error (unlike the CPU transport, which
+ * sees dead processes and aborts). Prompt stopping therefore comes from the launcher: srun
+ * --kill-on-bad-exit=1 (slurm/train.sbatch) or wan-train --nproc's supervisor end the job when a
+ * rank exits non-zero; the deadline above is the backstop for a rank that hangs alive. */
 #include <nccl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -95,6 +101,9 @@ static int wait_comm(wan_comm *c, wan_group *g, ncclComm_t comm, cudaEvent_t ev,
             cudaError_t q = cudaEventQuery(ev);
             if (q == cudaSuccess) return 0;
             if (q != cudaErrorNotReady) return fail_op(c, g, op, "CUDA: %s", cudaGetErrorString(q));
+            /* "not ready" also becomes the runtime's last error, which the next kernel launch's
+             * check (cudaGetLastError) would take for a failure: clear it */
+            (void)cudaGetLastError();
         }
         if (wan_now() > deadline)
             return fail_op(c, g, op, "no progress for %d s (comm_timeout): a peer is missing, stuck or dead",
@@ -258,6 +267,7 @@ static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int inde
     return 0;
 }
 
+/* This rank only (see the top): the others learn it from the launcher ending the job. */
 static void nccl_abort(wan_comm *c, const char *why) {
     char msg[640];
     snprintf(msg, sizeof msg, "rank %d aborted: %s", c->rank, why);

@@ -206,6 +206,7 @@ struct CUstream_st {
 };
 struct CUevent_st {
     int recorded;
+    int queried; /* queries since the last record */
 };
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags) {
@@ -249,15 +250,26 @@ cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st) {
     (void)st;
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord", "NULL event");
     ev->recorded = 1;
+    ev->queried = 0;
     return cudaSuccess;
 }
 
+/* Work is done at once here, but a GPU is rarely that fast: the first query after a record
+ * answers "not ready", and, as the real runtime does, leaves that as the last error (a caller
+ * must clear it, or its next launch check fails). */
 cudaError_t cudaEventQuery(cudaEvent_t ev) {
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaEventQuery", "NULL event");
+    if (ev->recorded && ev->queried++ == 0) {
+        last_error = cudaErrorNotReady;
+        return cudaErrorNotReady;
+    }
     return cudaSuccess;
 }
 
-cudaError_t cudaEventSynchronize(cudaEvent_t ev) { return cudaEventQuery(ev); }
+cudaError_t cudaEventSynchronize(cudaEvent_t ev) {
+    if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize", "NULL event");
+    return cudaSuccess;
+}
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     if (!a || !b) return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime", "NULL event");
