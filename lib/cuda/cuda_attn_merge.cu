@@ -19,17 +19,19 @@ __global__ void k_attn_merge(float *acc, float *lse_acc, const void *o, int ldo,
     float *a = acc + (size_t)bs * H * hd + (size_t)h * hd;
     size_t oa = (size_t)bs * ldo + (size_t)h * hd;
     float lb = lse[li];
-    if (first) {
+    float la = first ? -INFINITY : lse_acc[li];
+    __syncwarp();
+    /* the first block, or the first with any key: a copy (as the CPU twin; never 0 * acc, which
+     * would turn an unwritten accumulator's NaN into the result) */
+    if (first || (la == -INFINITY && lb != -INFINITY)) {
         for (int d = lane; d < hd; d += 32) a[d] = ld_f(o, odt, oa + d);
         __syncwarp();
         if (lane == 0) lse_acc[li] = lb;
         return;
     }
-    float la = lse_acc[li];
-    __syncwarp();
     if (lb == -INFINITY) return;
     float m = fmaxf(la, lb);
-    float wa = la == -INFINITY ? 0.0f : expf(la - m), wb = expf(lb - m);
+    float wa = expf(la - m), wb = expf(lb - m);
     float inv = 1.0f / (wa + wb);
     for (int d = lane; d < hd; d += 32) a[d] = (a[d] * wa + ld_f(o, odt, oa + d) * wb) * inv;
     if (lane == 0) lse_acc[li] = m + logf(wa + wb);

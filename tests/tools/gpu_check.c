@@ -443,6 +443,18 @@ static void test_attention_merge(void) {
     pair_randr(&l1, (size_t)B * H * Sq, WAN_F32, WAN_F32, 3.0f, 2.0f);
     pair_rand(&o2, (size_t)B * Sq * ldo, gpu->act, 1.0f);
     pair_randr(&l2, (size_t)B * H * Sq, WAN_F32, WAN_F32, 3.0f, 2.0f);
+    /* rows whose keys are all masked in one block (never in both): lse -inf and an output that
+     * must not matter (NaN) */
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int s = 0; s < Sq; s++) {
+                size_t li = ((size_t)b * H + h) * Sq + s, oa = ((size_t)b * Sq + s) * ldo + (size_t)h * hd;
+                pair *l = li % 7 == 0 ? &l1 : li % 7 == 3 ? &l2 : NULL, *o = l == &l1 ? &o1 : &o2;
+                if (!l) continue;
+                l->host[li] = -INFINITY;
+                for (int d = 0; d < hd; d++) o->host[oa + d] = NAN;
+            }
+    pair_push(&l1), pair_push(&o1), pair_push(&l2), pair_push(&o2);
     cpu->ops->attention_merge(cpu, acc.c, lacc.c, o1.c, ldo, l1.c, B, H, Sq, hd, true);
     gpu->ops->attention_merge(gpu, acc.g, lacc.g, o1.g, ldo, l1.g, B, H, Sq, hd, true);
     cpu->ops->attention_merge(cpu, acc.c, lacc.c, o2.c, ldo, l2.c, B, H, Sq, hd, false);
