@@ -81,6 +81,10 @@ layout27() { # like layout, against base27
 }
 layout27 cp2-padded 2 --set parallel.cp=2
 layout27 cp2-tp2-sp-padded 4 --set parallel.cp=2 --set parallel.tp=2 --set parallel.sp=true
+# shapes from the data, two samples per micro-batch (the reader's batches depend on mbs: its own
+# single-process reference), cp padding on each pipeline stage
+train base27-mbs2 1 "${DATA27[@]}" --set train.mbs=2 || t_fail "single process on the 27-token dataset, mbs 2"
+layout_vs base27-mbs2 pp2-cp2-padded-mbs2 4 "${DATA27[@]}" --set train.mbs=2 --set parallel.pp=2 --set parallel.cp=2
 
 # every rank sent exactly the bytes the parallel design predicts (bench/comm_volume.py)
 if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-tp2-recompute,cp2-recompute-full,cp2-padded,cp2-tp2-sp-padded,pp2,pp2-dp2,pp2-tp2-sp,pp2-cp2-recompute,pp4,pp2-l4-recompute-full,pp4-gbs2} >"$T_TMP/volume" 2>&1; then
