@@ -11,10 +11,12 @@
 
 /* Offset of a parameter in this rank's buffer; -1 for one on another pipeline stage. */
 static int64_t off_of(const wan_model *m, const char *name, int *missing) {
-    for (int i = 0; i < m->ps.n; i++)
-        if (!strcmp(m->ps.p[i].name, name)) return m->ps.p[i].present ? m->ps.p[i].offset : -1;
-    (*missing)++;
-    return 0;
+    const wan_param *p = wan_params_lookup(&m->ps, name);
+    if (!p) {
+        (*missing)++;
+        return 0;
+    }
+    return p->present ? p->offset : -1;
 }
 
 static int64_t off_block(const wan_model *m, int l, const char *suffix, int *missing) {
@@ -23,12 +25,8 @@ static int64_t off_block(const wan_model *m, int l, const char *suffix, int *mis
     return off_of(m, name, missing);
 }
 
-/* Slices of the state allocation start 256 bytes apart from its start (GPU allocations are
- * 256-byte aligned): what cuBLASLt and vector loads want. */
-static size_t state_align(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
-
 void *wan_model_state_take(wan_model *m, size_t bytes) {
-    size_t n = state_align(bytes);
+    size_t n = wan_align256(bytes);
     if (!m->state || m->state_used + n > m->state_bytes) return NULL;
     void *p = (char *)m->state + m->state_used;
     m->state_used += n;
@@ -114,7 +112,7 @@ int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wa
 
     size_t np = (size_t)m->ps.total, wb = np * wan_dtype_size(be->param), gb = np * sizeof(float);
     size_t ob = with_optimizer ? wan_optim_state_bytes(m) : 0;
-    m->state_bytes = state_align(wb) + state_align(gb) + ob;
+    m->state_bytes = wan_align256(wb) + wan_align256(gb) + ob;
     m->state = be->alloc(be, m->state_bytes); /* zeroed */
     if (!m->state)
         return wan_fail(WAN_ERR_RUNTIME, "out of %s memory: %zu parameters need %.2f GB of training state (weights, "
@@ -240,7 +238,7 @@ typedef struct {
 } bump;
 
 static void *take(bump *b, size_t bytes) {
-    b->off = (b->off + 255) & ~(size_t)255;
+    b->off = wan_align256(b->off);
     void *p = b->base ? b->base + b->off : NULL;
     b->off += bytes;
     return p;
@@ -418,13 +416,13 @@ int wan_shape_compute(const wan_model *m, int B, int C, int F, int H, int W, wan
     return 0;
 }
 
-/* Activation memory for the shape in m->sh. */
 /* Point the current activation set's buffers into its arena and the shared one. */
 static void relayout(wan_model *m) {
     bump b = {m->arena, 0}, sh = {m->shared, 0};
     layout(m, &b, &sh);
 }
 
+/* Activation memory for the shape in m->sh. */
 static int alloc_acts(wan_model *m) {
     const wan_shape *s = &m->sh;
     int B = s->B, C = s->C, F = s->F, H = s->H, W = s->W;
@@ -536,13 +534,19 @@ int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, fl
     const int *ps = m->cfg.patch_size;
     wan_tokens tk = wan_tk_local(m);
     size_t lat = (size_t)s->C * s->F * s->H * s->W;
+    /* stages after the first start from x, e, e0 and the context wan_pipe_recv_forward received */
+    if (!m->first) WAN_TRY(wan_pipe_take_forward(m));
 
     /* Flow matching input x_t = (1 - sigma) x0 + sigma noise and target noise - x0, formed in
-     * the latent layout on the host, then patchified for this rank's rows on the backend. */
+     * the latent layout on the host, then patchified for this rank's rows on the backend (the
+     * first pipeline stage embeds x_t, the last needs the target; the stages between neither). */
     float *host = malloc(2 * lat * B * sizeof(float)), *tvec = malloc((size_t)B * sizeof(float));
-    if (!host || !tvec) return wan_fail(WAN_ERR_RUNTIME, "out of host memory");
+    if (!host || !tvec) {
+        free(host), free(tvec);
+        return wan_fail(WAN_ERR_RUNTIME, "out of host memory");
+    }
     bool flow = in->noise && in->sigma;
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < B && (m->first || m->last); b++) {
         float sg = flow ? in->sigma[b] : 0.0f;
         const float *x0 = in->latent + b * lat, *nz = flow ? in->noise + b * lat : NULL;
         float *xt = host + b * lat, *tg = host + (B + b) * lat;
@@ -553,7 +557,6 @@ int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, fl
         }
         tvec[b] = in->timestep ? in->timestep[b] : 1000.0f * sg;
     }
-    /* the first pipeline stage embeds the input, the last one needs the target */
     if (m->first) {
         be->upload(be, a->xt_lat, host, lat * B * sizeof(float));
         be->upload(be, a->t, tvec, (size_t)B * sizeof(float));
@@ -567,8 +570,7 @@ int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, fl
     }
     free(host);
 
-    /* embeddings (other stages received x, e, e0 and the context: wan_pipe_recv_forward) */
-    if (!m->first) WAN_TRY(wan_pipe_take_forward(m));
+    /* embeddings */
     if (m->first) {
         op->matmul_fwd(be, a->x, WAN_F32, a->patches, be->act, PARAM(m, m->o_patch_w), PARAM(m, m->o_patch_b), s->T,
                        D, m->P_in);

@@ -4,6 +4,11 @@
 
 #include "model.h"
 
+/* Buffers carved from one allocation start 256 bytes apart (GPU allocations are 256-byte
+ * aligned): what cuBLASLt, cuDNN and vector loads want. The state, activation and pipeline
+ * inbox layouts all round with this. */
+static inline size_t wan_align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
 struct wan_model_acts {
     /* inputs */
     float *xt_lat, *tgt_lat; /* [B, C, F, H, W]: x_t and the velocity target noise - x0 */

@@ -12,26 +12,33 @@ typedef struct {
     wan_dtype dt;
 } piece;
 
-/* x | e | e0 | ctx of a shape, in the layout of `base` (the inbox), or of the current set. */
+/* Elements and types of x | e | e0 | ctx (their gradients: all fp32) for a shape. */
+static void sizes(const wan_model *m, const wan_shape *sh, bool grads, piece out[4]) {
+    size_t B = (size_t)sh->B, T = (size_t)sh->T, D = (size_t)m->D, BL = B * (size_t)m->L;
+    out[0] = (piece){NULL, T * D, WAN_F32};
+    out[1] = (piece){NULL, B * D, WAN_F32};
+    out[2] = (piece){NULL, B * 6 * D, WAN_F32};
+    out[3] = (piece){NULL, BL * D, grads ? WAN_F32 : m->be->act};
+}
+
+/* The forward pieces of a shape laid out from `base` (the inbox; NULL: only measure). */
 static size_t inbox_layout(const wan_model *m, const wan_shape *sh, char *base, piece out[4]) {
-    size_t B = (size_t)sh->B, T = (size_t)sh->T, D = (size_t)m->D, BL = B * (size_t)m->L, off = 0;
-    size_t n[4] = {T * D, B * D, B * 6 * D, BL * D};
-    wan_dtype dt[4] = {WAN_F32, WAN_F32, WAN_F32, m->be->act};
+    sizes(m, sh, false, out);
+    size_t off = 0;
     for (int i = 0; i < 4; i++) {
-        out[i] = (piece){base ? base + off : NULL, n[i], dt[i]};
-        off += (n[i] * wan_dtype_size(dt[i]) + 255) & ~(size_t)255;
+        out[i].buf = base ? base + off : NULL;
+        off += wan_align256(out[i].n * wan_dtype_size(out[i].dt));
     }
     return off;
 }
 
+/* The pieces of the current activation set. */
 static int current(wan_model *m, bool grads, piece out[4]) {
     struct wan_model_acts *a = m->a;
     if (!a) return wan_fail(WAN_ERR_RUNTIME, "pipeline transfer before the micro-batch's shape was set");
-    size_t B = (size_t)m->sh.B, T = (size_t)m->sh.T, D = (size_t)m->D, BL = B * (size_t)m->L;
-    out[0] = (piece){grads ? (void *)a->dx : (void *)a->x, T * D, WAN_F32};
-    out[1] = (piece){grads ? (void *)a->de : (void *)a->e, B * D, WAN_F32};
-    out[2] = (piece){grads ? (void *)a->de0 : (void *)a->e0, B * 6 * D, WAN_F32};
-    out[3] = grads ? (piece){a->dctx, BL * D, WAN_F32} : (piece){a->ctx, BL * D, m->be->act};
+    sizes(m, &m->sh, grads, out);
+    void *fwd[4] = {a->x, a->e, a->e0, a->ctx}, *bwd[4] = {a->dx, a->de, a->de0, a->dctx};
+    for (int i = 0; i < 4; i++) out[i].buf = grads ? bwd[i] : fwd[i];
     return 0;
 }
 

@@ -36,7 +36,7 @@ size_t wan_optim_state_bytes(const wan_model *m) {
     int64_t lo, hi;
     size_t sz[5], total = 0;
     state_sizes(m, &lo, &hi, sz);
-    for (int i = 0; i < 5; i++) total += (sz[i] + 255) & ~(size_t)255;
+    for (int i = 0; i < 5; i++) total += wan_align256(sz[i]); /* as wan_model_state_take rounds */
     return total;
 }
 

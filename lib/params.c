@@ -165,10 +165,15 @@ void wan_params_free(wan_param_set *s) {
     memset(s, 0, sizeof *s);
 }
 
-const wan_param *wan_params_find(const wan_param_set *s, const char *name) {
+const wan_param *wan_params_lookup(const wan_param_set *s, const char *name) {
     for (int i = 0; i < s->n; i++)
-        if (!strcmp(s->p[i].name, name)) return s->p[i].present ? &s->p[i] : NULL;
+        if (!strcmp(s->p[i].name, name)) return &s->p[i];
     return NULL;
+}
+
+const wan_param *wan_params_find(const wan_param_set *s, const char *name) {
+    const wan_param *p = wan_params_lookup(s, name);
+    return p && p->present ? p : NULL;
 }
 
 int64_t wan_params_count_global(const wan_param_set *s) {

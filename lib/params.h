@@ -66,6 +66,9 @@ int wan_params_build(const wan_model_cfg *m, int tp, int tp_rank, int pp, int pp
 void wan_params_free(wan_param_set *s);
 /* NULL when there is no such tensor (or it is not present on this rank). */
 const wan_param *wan_params_find(const wan_param_set *s, const char *name);
+/* The tensor whether or not this rank holds it (present, offset -1 when not); NULL when the
+ * model has no such tensor. */
+const wan_param *wan_params_lookup(const wan_param_set *s, const char *name);
 int64_t wan_params_count_global(const wan_param_set *s); /* elements of the whole model */
 
 /* Initial value of element `index` (row-major in the GLOBAL tensor) of parameter p: a pure

@@ -150,7 +150,7 @@ static int load_input(job *j, int step, mb_input *u) {
         u->cap = u->noise ? lat * mb->B : 0;
     }
     if (mb->B > u->bcap) {
-        mb_input_free(&(mb_input){.sigma = u->sigma, .coef = u->coef, .w = u->w, .sq = u->sq});
+        free(u->sigma), free(u->coef), free(u->w), free(u->sq);
         u->sigma = malloc((size_t)mb->B * sizeof(float));
         u->coef = malloc((size_t)mb->B * sizeof(float));
         u->w = malloc((size_t)mb->B * sizeof(double));
@@ -165,20 +165,14 @@ static int load_input(job *j, int step, mb_input *u) {
         u->sigma[b] = (float)sg;
         u->w[b] = wan_flow_weight(&j->flow, sg);
         u->coef[b] = (float)(u->w[b] / ((double)cfg->train.gbs * (double)lat));
-        wan_flow_noise((uint64_t)cfg->train.seed, (uint32_t)step, gi, u->noise + b * lat, lat);
+        /* x_t (first pipeline stage) and the target (last) need it; the stages between do not */
+        if (j->model.first || j->model.last)
+            wan_flow_noise((uint64_t)cfg->train.seed, (uint32_t)step, gi, u->noise + b * lat, lat);
     }
     u->in = (wan_model_input){mb->B, mb->C, mb->F, mb->H, mb->W, mb->latent, u->noise, u->sigma, mb->text, u->coef, NULL};
     return 0;
 }
 
-/* One optimizer step: gbs / (mbs * dp) micro-batches on this rank. Returns the step's loss
- * (mean over the global batch of the weighted per-sample mean squared errors).
- * With pipeline stages the micro-batches run one-forward-one-backward (1F1B): stage s first
- * runs min(pp - s - 1, M) forwards, then alternates forward and backward, then finishes the
- * backwards; it holds at most that many + 1 activation sets. Transfers block, so neighbours
- * must meet in the same order: on each link the lower stage sends its forward output before it
- * receives a gradient, and the upper stage receives its next input before it sends that
- * gradient back. With pp = 1 this is forward, backward per micro-batch. */
 /* The 1F1B schedule's moves on micro-batch i, whose activations live in set i % K. */
 static int load_recv(job *j, int step, mb_input *u) {
     WAN_TRY(load_input(j, step, u));
@@ -206,6 +200,14 @@ static int send_backward(job *j, int i, int K) {
     return wan_pipe_send_backward(&j->model);
 }
 
+/* One optimizer step: gbs / (mbs * dp) micro-batches on this rank. Returns the step's loss
+ * (mean over the global batch of the weighted per-sample mean squared errors).
+ * With pipeline stages the micro-batches run one-forward-one-backward (1F1B): stage s first
+ * runs min(pp - s - 1, M) forwards, then alternates forward and backward, then finishes the
+ * backwards; it holds at most that many + 1 activation sets. Transfers block, so neighbours
+ * must meet in the same order: on each link the lower stage sends its forward output before it
+ * receives a gradient, and the upper stage receives its next input before it sends that
+ * gradient back. With pp = 1 this is forward, backward per micro-batch. */
 static int train_step(job *j, int step, double *loss, int *seq_len) {
     wan_config *cfg = &j->cfg;
     wan_dist *d = &j->rt.dist;
@@ -239,7 +241,7 @@ static int train_step(job *j, int step, double *loss, int *seq_len) {
     wan_backend *be = j->rt.be;
     float pair[2] = {(float)local, 0};
     pair[1] = (float)(local - (double)pair[0]);
-    if (!(d->sp || d->tp_rank == 0) || d->pp_rank != d->pp - 1) pair[0] = pair[1] = 0;
+    if (!(d->sp || d->tp_rank == 0) || !j->model.last) pair[0] = pair[1] = 0;
     float *buf = be->alloc(be, sizeof pair);
     be->upload(be, buf, pair, sizeof pair);
     rc = wan_allreduce(&j->rt.comm->world, buf, 2, WAN_F32, WAN_RED_SUM);
