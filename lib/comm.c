@@ -67,6 +67,30 @@ int wan_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, s
     return 0;
 }
 
+int wan_sendrecv_start(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
+                       wan_comm_req *req) {
+    req->started = false;
+    req->id = 0;
+    if (!g || !g->comm || !g->comm->ops || !g->comm->ops->sendrecv_start)
+        return wan_sendrecv(g, send, to, recv, from, n, dt);
+    WAN_TRY(usable(g, "sendrecv"));
+    WAN_TRY(member(g, "sendrecv", "destination", to));
+    WAN_TRY(member(g, "sendrecv", "source", from));
+    if (n == 0 || (g->size == 1 && recv == send)) return 0;
+    WAN_TRY(g->comm->ops->sendrecv_start(g, send, to, recv, from, n, dt, &req->id));
+    req->started = true;
+    if (to != g->rank) g->bytes_sent += bytes_of(n, dt);
+    return 0;
+}
+
+int wan_comm_wait(wan_group *g, wan_comm_req *req) {
+    if (!req->started) return 0;
+    req->started = false;
+    return g->comm->ops->wait(g, req->id);
+}
+
+int wan_comm_flush(wan_comm *c) { return c && c->ops && c->ops->flush ? c->ops->flush(c) : 0; }
+
 int wan_send(wan_group *g, const void *buf, size_t n, wan_dtype dt, int peer) {
     WAN_TRY(usable(g, "send"));
     WAN_TRY(member(g, "send", "peer", peer));

@@ -6,7 +6,15 @@
  * Every call is collective over the group (all members call it, in the same order) and returns
  * 0, or WAN_ERR_RUNTIME with a message naming the group and the operation when a peer died,
  * a peer failed, or nothing happened for comm_timeout seconds. After an error the
- * communicator is poisoned: every later call on any group fails at once. */
+ * communicator is poisoned: every later call on any group fails at once.
+ *
+ * Completion: the CPU transport completes every call before returning. The NCCL transport
+ * only enqueues it, ordered on the GPU after the compute so far and before the compute that
+ * follows (so buffers may be used at once by later ops, never read on the host without the
+ * backend's download, which waits); a failure there is reported by a later call, by
+ * wan_comm_flush, or, if the host meanwhile waits for the GPU, by the backend stopping the
+ * process with the transport's message. wan_sendrecv_start leaves even the GPU-side order open
+ * until wan_comm_wait: the transfer then overlaps the compute issued in between. */
 #ifndef WAN_COMM_H
 #define WAN_COMM_H
 
@@ -48,7 +56,16 @@ typedef struct wan_comm_ops {
     /* Every member sends n elements to member `to` and receives n from member `from` at once
      * (the ring shift of context parallelism). */
     int (*sendrecv)(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt);
-    /* Point to point (pipeline stages): blocks until the peer takes / provides the data. */
+    /* Optional: sendrecv whose result the compute issued before wait() must not use (it runs
+     * alongside); *req identifies it for wait(). NULL: the wrappers use sendrecv. */
+    int (*sendrecv_start)(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
+                          uint64_t *req);
+    /* Optional: order the compute that follows after the started operation req. */
+    int (*wait)(wan_group *g, uint64_t req);
+    /* Optional: block until everything this rank enqueued has completed; report its failure. */
+    int (*flush)(wan_comm *c);
+    /* Point to point (pipeline stages): in order with the peer's matching call (a send completes
+     * when the peer takes the data). */
     int (*send)(wan_group *g, const void *buf, size_t n, wan_dtype dt, int peer);
     int (*recv)(wan_group *g, void *buf, size_t n, wan_dtype dt, int peer);
     int (*barrier)(wan_group *g);
@@ -82,6 +99,19 @@ int wan_reduce_scatter(wan_group *g, void *recv, const void *send, size_t n, wan
 int wan_allgather(wan_group *g, void *recv, const void *send, size_t n, wan_dtype dt);
 int wan_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root);
 int wan_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt);
+/* sendrecv whose receive buffer (and the send buffer, for writing) is not to be touched by
+ * the compute until wan_comm_wait(g, req): on NCCL the transfer overlaps the work issued in
+ * between; elsewhere it has completed on return. req is 0 when nothing was started. */
+typedef struct wan_comm_req {
+    uint64_t id;
+    bool started;
+} wan_comm_req;
+int wan_sendrecv_start(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
+                       wan_comm_req *req);
+int wan_comm_wait(wan_group *g, wan_comm_req *req);
+/* Wait until every operation this rank enqueued has completed (under the timeout); 0, or the
+ * failure one of them met. No-op on a transport that completes each call on return. */
+int wan_comm_flush(wan_comm *c);
 int wan_send(wan_group *g, const void *buf, size_t n, wan_dtype dt, int peer);
 int wan_recv(wan_group *g, void *buf, size_t n, wan_dtype dt, int peer);
 int wan_barrier(wan_group *g);

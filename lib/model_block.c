@@ -55,7 +55,9 @@ static int self_attention_forward(wan_model *m, wan_block_acts *k) {
                           scale);
         return 0;
     }
-    /* Ring: step i holds the K/V block of cp rank (r - i), sends it on to r + 1. */
+    /* Ring: step i holds the K/V block of cp rank (r - i) and passes it on to r + 1 while it
+     * computes with it (the transfer overlaps the attention; nxt was last read at step i - 1,
+     * which the transfer is ordered after). */
     size_t nkv = 2 * (size_t)s->Tf * Dl;
     int next = (d->cp_rank + 1) % d->cp, prev = (d->cp_rank + d->cp - 1) % d->cp;
     const void *cur = k->kv;
@@ -63,7 +65,8 @@ static int self_attention_forward(wan_model *m, wan_block_acts *k) {
     for (int i = 0; i < d->cp; i++) {
         int j = (d->cp_rank - i + d->cp) % d->cp;
         void *nxt = a->ring_kv[i % 2];
-        if (i + 1 < d->cp) WAN_TRY(wan_sendrecv(&d->cp_g, cur, next, nxt, prev, nkv, be->act));
+        wan_comm_req kv_req = {0};
+        if (i + 1 < d->cp) WAN_TRY(wan_sendrecv_start(&d->cp_g, cur, next, nxt, prev, nkv, be->act, &kv_req));
         int valid = valid_in_block(m, j);
         if (valid > 0) {
             const void *ck = cur, *cv = ACT_AT(m, cur, (size_t)s->Tf * Dl);
@@ -72,6 +75,7 @@ static int self_attention_forward(wan_model *m, wan_block_acts *k) {
             op->attention_merge(be, a->acc, a->lse_acc, a->o_blk, Dl, a->lse_blk, B, m->Hl, Sc, m->hd, first);
             first = false;
         }
+        WAN_TRY(wan_comm_wait(&d->cp_g, &kv_req));
         cur = nxt;
     }
     be->convert(be, k->att, be->act, a->acc, WAN_F32, (size_t)s->Tf * Dl);
@@ -105,11 +109,15 @@ static int self_attention_backward(wan_model *m, wan_block_acts *k) {
     for (int i = 0; i < d->cp; i++) {
         int j = (d->cp_rank - i + d->cp) % d->cp;
         int valid = valid_in_block(m, j);
+        /* the next K/V block travels during this step's attention; its accumulator cannot (the
+         * attention adds to it) */
+        void *nxt = a->ring_kv[i % 2];
+        wan_comm_req kv_req = {0};
+        if (i + 1 < d->cp) WAN_TRY(wan_sendrecv_start(&d->cp_g, cur, next, nxt, prev, 2 * TD, be->act, &kv_req));
         if (valid > 0)
             op->attention_bwd(be, a->dq, Dl, dacc, Dl, ACT_AT(m, dacc, TD), Dl, true, a->datt, Dl, k->att, Dl, k->lse,
                               k->qn, Dl, cur, Dl, ACT_AT(m, cur, TD), Dl, B, m->Hl, Sc, Sc, m->hd, valid, scale);
-        void *nxt = a->ring_kv[i % 2];
-        if (i + 1 < d->cp) WAN_TRY(wan_sendrecv(&d->cp_g, cur, next, nxt, prev, 2 * TD, be->act));
+        WAN_TRY(wan_comm_wait(&d->cp_g, &kv_req));
         void *dnext = (dacc == a->ring_dkv[0]) ? a->ring_dkv[1] : a->ring_dkv[0];
         WAN_TRY(wan_sendrecv(&d->cp_g, dacc, next, dnext, prev, 2 * TD, be->act));
         dacc = dnext;

@@ -36,6 +36,25 @@ void wan_cuda_dief(const char *file, int line, const char *fmt, ...) {
     abort();
 }
 
+/* ---------------------------------------------------------------- waiting on the host */
+
+static int (*host_wait_fn)(void *);
+static void *host_wait_ctx;
+
+void wan_cuda_set_host_wait(int (*fn)(void *ctx), void *ctx) {
+    host_wait_fn = fn;
+    host_wait_ctx = ctx;
+}
+
+void wan_cuda_host_wait(cudaStream_t st) {
+    /* collectives the stream waits for first: under their deadline, not in an endless sync */
+    if (host_wait_fn && host_wait_fn(host_wait_ctx)) {
+        wan_log(WAN_LOG_ERROR, "%s", wan_errmsg());
+        exit(WAN_ERR_RUNTIME);
+    }
+    WAN_CU(cudaStreamSynchronize(st));
+}
+
 /* ---------------------------------------------------------------- memory */
 
 /* Live allocations (pointer -> bytes) in a POSIX binary tree, so that free can subtract. */
@@ -78,7 +97,7 @@ void *wan_cuda_pool_alloc(wan_backend *be, size_t bytes, bool zero) {
     cudaError_t e = cudaMallocFromPoolAsync(&p, n, c->pool, c->stream);
     if (e == cudaErrorMemoryAllocation) { /* give cached blocks back to the driver, then once more */
         (void)cudaGetLastError();
-        WAN_CU(cudaStreamSynchronize(c->stream));
+        wan_cuda_host_wait(c->stream);
         WAN_CU(cudaMemPoolTrimTo(c->pool, 0));
         e = cudaMallocFromPoolAsync(&p, n, c->pool, c->stream);
     }
@@ -126,7 +145,7 @@ static void be_upload(wan_backend *be, void *dst, const void *host, size_t bytes
 static void be_download(wan_backend *be, void *host, const void *src, size_t bytes) {
     cudaStream_t st = wan_cuda_stream_of(be);
     if (bytes) WAN_CU(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, st));
-    WAN_CU(cudaStreamSynchronize(st));
+    wan_cuda_host_wait(st);
 }
 
 static void be_memset0(wan_backend *be, void *p, size_t bytes) {
@@ -142,7 +161,7 @@ static void be_convert(wan_backend *be, void *dst, wan_dtype dt, const void *src
     wan_cuda_convert_n(wan_cuda_stream_of(be), dst, dt, src, st, n);
 }
 
-static void be_sync(wan_backend *be) { WAN_CU(cudaStreamSynchronize(wan_cuda_stream_of(be))); }
+static void be_sync(wan_backend *be) { wan_cuda_host_wait(wan_cuda_stream_of(be)); }
 
 /* cuDNN workspaces come from the same pool (counted in the peak). */
 static void *sdpa_alloc(void *ctx, size_t bytes) { return wan_cuda_pool_alloc(ctx, bytes, false); }

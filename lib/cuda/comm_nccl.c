@@ -6,15 +6,20 @@
  * wan_comm_nccl_create, or, when that is NULL, the stream of the CUDA backend made in this
  * process (so create the backend first). Before each, an event recorded on the compute
  * stream makes the NCCL stream wait for the data; after it, an event recorded on the NCCL stream
- * makes the compute stream wait for the result. The call then waits (polling) until the
- * collective has completed, so a failure is reported by the call that met it.
+ * makes the compute stream wait for the result (wan_sendrecv_start: only at wan_comm_wait, so the
+ * transfer overlaps the compute in between). The host does not wait: it goes on issuing work,
+ * as it does for kernels, and the GPU never idles between a collective and the next kernel.
+ * The host waits for the collectives where it must: flush (wan_comm_flush), barrier, and the
+ * CUDA backend's downloads and syncs (wan_cuda_set_host_wait), which wait for everything in
+ * flight here before they block on the compute stream.
  *
  * No hang: the communicators are non-blocking (config.blocking = 0), so initialisation, splits
- * and enqueues return at once; every wait polls ncclCommGetAsyncError and the completion event
- * against a deadline of comm->timeout_s seconds. On an error or at the deadline every
- * communicator of this rank is aborted (ncclCommAbort: the kernels stop, the streams move on),
- * the transport is poisoned, and the call returns WAN_ERR_RUNTIME naming the operation and the
- * group.
+ * and enqueues return at once and are polled against a deadline of comm->timeout_s seconds.
+ * The collectives in flight are watched by a thread of their own (one event each, oldest
+ * first): when one has made no progress for timeout_s seconds, or NCCL reports an
+ * asynchronous error, every communicator of this rank is aborted (ncclCommAbort: the kernels
+ * stop, the streams move on) and the transport is poisoned; the next call, flush or download
+ * then fails with WAN_ERR_RUNTIME naming the operation and the group.
  *
  * What NCCL does not do: tell the other ranks. ncclCommAbort acts on this rank only, and a peer
  * that died or gave up leaves the others spinning with no error (unlike the CPU transport, which
@@ -22,6 +27,8 @@
  * --kill-on-bad-exit=1 (slurm/train.sbatch) or wan-train --nproc's supervisor end the job when a
  * rank exits non-zero; the deadline above is the backstop for a rank that hangs alive. */
 #include <nccl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,17 +41,34 @@
 
 #define WAN_NCCL_MAX_COMMS 64 /* world + one per group this rank is in */
 #define WAN_NCCL_DEFAULT_TIMEOUT 600
+#define WAN_NCCL_INFLIGHT 256 /* collectives enqueued and not yet seen complete */
 
 typedef struct {
     ncclComm_t comm; /* NULL when this rank is not a member */
 } nccl_group;
 
+/* A collective in flight: completion event, what to call it in a message. */
+typedef struct {
+    cudaEvent_t done;
+    ncclComm_t comm;
+    char what[200]; /* "allreduce on group tp[0] (member 0 of 2, world rank 0)" */
+} inflight;
+
 typedef struct {
     int device;
     cudaStream_t compute; /* the caller's stream (the backend's) */
     cudaStream_t stream;  /* collectives */
-    cudaEvent_t ready, done;
+    cudaEvent_t ready;
     float *barrier_buf;   /* one float on the device */
+    /* mu guards the fields below and every NCCL call on the communicators (the watchdog may
+     * abort them from its thread); cv signals progress of the ring, poisoning and quitting */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool have_sync, have_watchdog, quit;
+    pthread_t watchdog;
+    inflight ring[WAN_NCCL_INFLIGHT]; /* [head, tail) in flight, position id at id % size */
+    uint64_t head, tail;
+    double head_since;    /* when ring[head] became the oldest in flight */
     bool poisoned;
     char why[768];        /* the first failure, repeated by every later call */
     ncclComm_t comms[WAN_NCCL_MAX_COMMS]; /* world first; aborted or destroyed together */
@@ -56,55 +80,85 @@ typedef struct {
 
 static nccl_impl *impl_of(wan_comm *c) { return (nccl_impl *)c->impl; }
 
-/* Abort every communicator (stops kernels that wait for a dead peer) and remember why. */
-static void poison(wan_comm *c, const char *why) {
-    nccl_impl *ni = impl_of(c);
+/* Abort every communicator (stops kernels that wait for a dead peer) and remember why; mu held. */
+static void poison_locked(nccl_impl *ni, const char *why) {
     if (ni->poisoned) return;
     ni->poisoned = true;
     snprintf(ni->why, sizeof ni->why, "%s", why);
     for (int i = ni->ncomms - 1; i >= 0; i--)
         if (ni->comms[i]) (void)ncclCommAbort(ni->comms[i]);
     ni->ncomms = 0;
+    if (ni->have_sync) pthread_cond_broadcast(&ni->cv);
+}
+
+static void lock(nccl_impl *ni) {
+    if (ni->have_sync) pthread_mutex_lock(&ni->mu);
+}
+static void unlock(nccl_impl *ni) {
+    if (ni->have_sync) pthread_mutex_unlock(&ni->mu);
+}
+
+static void poison(wan_comm *c, const char *why) {
+    nccl_impl *ni = impl_of(c);
+    lock(ni);
+    poison_locked(ni, why);
+    unlock(ni);
+}
+
+/* "allreduce on group tp[0] (member 0 of 2, world rank 0)" */
+static void describe(char *out, size_t cap, wan_comm *c, wan_group *g, const char *op) {
+    if (g)
+        snprintf(out, cap, "%s on group %s[%d] (member %d of %d, world rank %d)", op, g->name, g->index, g->rank,
+                 g->size, c->rank);
+    else
+        snprintf(out, cap, "%s (world rank %d of %d)", op, c->rank, c->size);
+}
+
+/* The error every call returns once the transport is poisoned; mu not held. */
+static int failed_earlier(wan_comm *c, wan_group *g, const char *op) {
+    nccl_impl *ni = impl_of(c);
+    char what[200];
+    describe(what, sizeof what, c, g, op);
+    lock(ni);
+    int rc = wan_fail(WAN_ERR_RUNTIME, "NCCL %s: the transport failed earlier: %s", what, ni->why);
+    unlock(ni);
+    return rc;
 }
 
 /* Record the failure of `op` on group g: message, poison, WAN_ERR_RUNTIME. */
 __attribute__((format(printf, 4, 5))) static int fail_op(wan_comm *c, wan_group *g, const char *op, const char *fmt,
                                                          ...) {
-    char detail[512], msg[768];
+    char detail[512], what[200], msg[768];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(detail, sizeof detail, fmt, ap);
     va_end(ap);
-    if (g)
-        snprintf(msg, sizeof msg, "NCCL %s on group %s[%d] (member %d of %d, world rank %d): %s", op, g->name,
-                 g->index, g->rank, g->size, c->rank, detail);
-    else
-        snprintf(msg, sizeof msg, "NCCL %s (world rank %d of %d): %s", op, c->rank, c->size, detail);
+    describe(what, sizeof what, c, g, op);
+    snprintf(msg, sizeof msg, "NCCL %s: %s", what, detail);
     poison(c, msg);
     return wan_fail(WAN_ERR_RUNTIME, "%s", msg);
 }
 
 static int timeout_of(wan_comm *c) { return c->timeout_s > 0 ? c->timeout_s : WAN_NCCL_DEFAULT_TIMEOUT; }
 
-/* Wait until comm has finished its background work (non-blocking calls return ncclInProgress)
- * and, when ev is given, until the stream work recorded in ev has completed. */
-static int wait_comm(wan_comm *c, wan_group *g, ncclComm_t comm, cudaEvent_t ev, const char *op) {
+/* Wait until comm has finished its background work (a non-blocking call returned
+ * ncclInProgress: initialisation, split, finalise, or the enqueue of a collective). */
+static int wait_comm(wan_comm *c, wan_group *g, ncclComm_t comm, const char *op) {
+    nccl_impl *ni = impl_of(c);
     double deadline = wan_now() + timeout_of(c);
     long polls = 0;
     for (;;) {
-        ncclResult_t st = ncclSuccess, r = ncclCommGetAsyncError(comm, &st);
-        if (r != ncclSuccess) st = r;
-        if (st != ncclSuccess && st != ncclInProgress)
-            return fail_op(c, g, op, "%s (%s)", ncclGetErrorString(st), ncclGetLastError(comm));
-        if (st == ncclSuccess) {
-            if (!ev) return 0;
-            cudaError_t q = cudaEventQuery(ev);
-            if (q == cudaSuccess) return 0;
-            if (q != cudaErrorNotReady) return fail_op(c, g, op, "CUDA: %s", cudaGetErrorString(q));
-            /* "not ready" also becomes the runtime's last error, which the next kernel launch's
-             * check (cudaGetLastError) would take for a failure: clear it */
-            (void)cudaGetLastError();
+        lock(ni);
+        if (ni->poisoned) {
+            unlock(ni);
+            return failed_earlier(c, g, op);
         }
+        ncclResult_t st = ncclSuccess, r = ncclCommGetAsyncError(comm, &st);
+        unlock(ni);
+        if (r != ncclSuccess) st = r;
+        if (st == ncclSuccess) return 0;
+        if (st != ncclInProgress)
+            return fail_op(c, g, op, "%s (%s)", ncclGetErrorString(st), ncclGetLastError(comm));
         if (wan_now() > deadline)
             return fail_op(c, g, op, "no progress for %d s (comm_timeout): a peer is missing, stuck or dead",
                            timeout_of(c));
@@ -115,41 +169,164 @@ static int wait_comm(wan_comm *c, wan_group *g, ncclComm_t comm, cudaEvent_t ev,
     }
 }
 
-static int check_usable(wan_group *g, const char *op, ncclComm_t *comm) {
+/* Start a collective on g: returns with mu held (finish releases it), the communicator in
+ * *comm, and the NCCL stream ordered after the compute stream's work so far. */
+static int enter(wan_group *g, const char *op, ncclComm_t *comm) {
     wan_comm *c = g->comm;
     nccl_impl *ni = impl_of(c);
-    if (ni->poisoned)
-        return wan_fail(WAN_ERR_RUNTIME, "NCCL %s on group %s[%d]: the transport failed earlier: %s", op, g->name,
-                        g->index, ni->why);
     nccl_group *ng = g->impl;
     if (!ng || !ng->comm)
         return wan_fail(WAN_ERR_RUNTIME, "NCCL %s on group %s[%d]: world rank %d is not a member", op, g->name,
                         g->index, c->rank);
+    lock(ni);
+    if (ni->poisoned) {
+        unlock(ni);
+        return failed_earlier(c, g, op);
+    }
     *comm = ng->comm;
-    return 0;
-}
-
-/* The NCCL stream waits for the compute stream's work so far. */
-static int begin(wan_group *g, const char *op) {
-    nccl_impl *ni = impl_of(g->comm);
     cudaError_t e = cudaEventRecord(ni->ready, ni->compute);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(ni->stream, ni->ready, 0);
-    if (e != cudaSuccess) return fail_op(g->comm, g, op, "ordering after the compute stream: %s", cudaGetErrorString(e));
+    if (e != cudaSuccess) {
+        unlock(ni);
+        return fail_op(c, g, op, "ordering after the compute stream: %s", cudaGetErrorString(e));
+    }
     return 0;
 }
 
-/* After the enqueue call r: wait for the enqueue, order the compute stream after the result,
- * wait for completion. */
-static int finish(wan_group *g, ncclComm_t comm, ncclResult_t r, const char *op) {
+/* After the enqueue call r (mu held, from enter): wait for the enqueue, record the completion
+ * event and hand it to the watchdog. req NULL: the compute stream waits for it now; else *req
+ * names it for nccl_wait. */
+static int finish(wan_group *g, ncclComm_t comm, ncclResult_t r, const char *op, uint64_t *req) {
     wan_comm *c = g->comm;
     nccl_impl *ni = impl_of(c);
+    unlock(ni);
     if (r != ncclSuccess && r != ncclInProgress)
         return fail_op(c, g, op, "%s (%s)", ncclGetErrorString(r), ncclGetLastError(comm));
-    WAN_TRY(wait_comm(c, g, comm, NULL, op));
-    cudaError_t e = cudaEventRecord(ni->done, ni->stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(ni->compute, ni->done, 0);
+    if (r == ncclInProgress) WAN_TRY(wait_comm(c, g, comm, op));
+    lock(ni);
+    while (ni->tail - ni->head >= WAN_NCCL_INFLIGHT && !ni->poisoned) pthread_cond_wait(&ni->cv, &ni->mu);
+    if (ni->poisoned) {
+        unlock(ni);
+        return failed_earlier(c, g, op);
+    }
+    uint64_t id = ni->tail;
+    inflight *f = &ni->ring[id % WAN_NCCL_INFLIGHT];
+    cudaError_t e = cudaEventRecord(f->done, ni->stream);
+    if (e != cudaSuccess) {
+        unlock(ni);
+        return fail_op(c, g, op, "recording its completion: %s", cudaGetErrorString(e));
+    }
+    f->comm = comm;
+    describe(f->what, sizeof f->what, c, g, op);
+    if (ni->head == ni->tail) ni->head_since = wan_now();
+    ni->tail++;
+    pthread_cond_broadcast(&ni->cv);
+    unlock(ni);
+    if (req) {
+        *req = id;
+        return 0;
+    }
+    /* only this thread records the ring's events, so f->done is still this collective's */
+    e = cudaStreamWaitEvent(ni->compute, f->done, 0);
     if (e != cudaSuccess) return fail_op(c, g, op, "ordering the compute stream: %s", cudaGetErrorString(e));
-    return wait_comm(c, g, comm, ni->done, op);
+    return 0;
+}
+
+/* The compute stream waits for the collective started as id. */
+static int nccl_wait(wan_group *g, uint64_t id) {
+    wan_comm *c = g->comm;
+    nccl_impl *ni = impl_of(c);
+    lock(ni);
+    bool in_flight = id >= ni->head && id < ni->tail;
+    unlock(ni);
+    if (!in_flight) return 0; /* completed (or never started): nothing to order */
+    cudaError_t e = cudaStreamWaitEvent(ni->compute, ni->ring[id % WAN_NCCL_INFLIGHT].done, 0);
+    if (e != cudaSuccess) return fail_op(c, g, "wait", "ordering the compute stream: %s", cudaGetErrorString(e));
+    return 0;
+}
+
+/* Block until the watchdog has seen every collective in flight complete, or the transport fail. */
+static int nccl_flush(wan_comm *c) {
+    nccl_impl *ni = impl_of(c);
+    lock(ni);
+    while (ni->head < ni->tail && !ni->poisoned) pthread_cond_wait(&ni->cv, &ni->mu);
+    /* a collective that failed may have let its kernel finish before the error was posted */
+    for (int i = 0; i < ni->ncomms && !ni->poisoned; i++) {
+        ncclResult_t st = ncclSuccess, r = ncclCommGetAsyncError(ni->comms[i], &st);
+        if (r != ncclSuccess) st = r;
+        if (st != ncclSuccess && st != ncclInProgress) {
+            char msg[768];
+            snprintf(msg, sizeof msg, "NCCL (world rank %d of %d): a collective failed: %s (%s)", c->rank, c->size,
+                     ncclGetErrorString(st), ncclGetLastError(ni->comms[i]));
+            poison_locked(ni, msg);
+        }
+    }
+    int rc = ni->poisoned ? wan_fail(WAN_ERR_RUNTIME, "%s", ni->why) : 0; /* the failure itself */
+    unlock(ni);
+    return rc;
+}
+
+/* The watchdog: retires completed collectives in order; aborts everything when the oldest made
+ * no progress for the timeout or its communicator reports an error. */
+static void *watchdog_main(void *arg) {
+    wan_comm *c = arg;
+    nccl_impl *ni = impl_of(c);
+    (void)cudaSetDevice(ni->device); /* the current device is per thread */
+    long idle_polls = 0;
+    pthread_mutex_lock(&ni->mu);
+    while (!ni->quit) {
+        if (ni->head == ni->tail || ni->poisoned) {
+            pthread_cond_wait(&ni->cv, &ni->mu);
+            idle_polls = 0;
+            continue;
+        }
+        inflight *f = &ni->ring[ni->head % WAN_NCCL_INFLIGHT];
+        ncclResult_t st = ncclSuccess, r = ncclCommGetAsyncError(f->comm, &st);
+        if (r != ncclSuccess) st = r;
+        pthread_mutex_unlock(&ni->mu);
+        cudaError_t q = cudaEventQuery(f->done); /* the event is not re-recorded before it retires */
+        if (q != cudaSuccess) (void)cudaGetLastError(); /* this thread's copy of "not ready" */
+        pthread_mutex_lock(&ni->mu);
+        char msg[768];
+        if (st != ncclSuccess && st != ncclInProgress) /* also when the kernel gave up and "completed" */
+            snprintf(msg, sizeof msg, "NCCL %s: %s (%s)", f->what, ncclGetErrorString(st), ncclGetLastError(f->comm));
+        else if (q == cudaSuccess) {
+            ni->head++;
+            ni->head_since = wan_now();
+            pthread_cond_broadcast(&ni->cv);
+            idle_polls = 0;
+            continue;
+        } else if (q != cudaErrorNotReady)
+            snprintf(msg, sizeof msg, "NCCL %s: CUDA: %s", f->what, cudaGetErrorString(q));
+        else if (wan_now() - ni->head_since > timeout_of(c))
+            snprintf(msg, sizeof msg, "NCCL %s: no progress for %d s (comm_timeout): a peer is missing, stuck or dead",
+                     f->what, timeout_of(c));
+        else {
+            /* poll briefly at 10 us (short collectives), then every 200 us: a flush learns of the
+             * completion that much later, and the thread costs no core */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += ++idle_polls < 50 ? 10000 : 200000;
+            if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+            pthread_cond_timedwait(&ni->cv, &ni->mu, &ts);
+            continue;
+        }
+        poison_locked(ni, msg);
+    }
+    pthread_mutex_unlock(&ni->mu);
+    return NULL;
+}
+
+static int host_wait_hook(void *ctx) { return nccl_flush(ctx); }
+
+static void stop_watchdog(nccl_impl *ni) {
+    if (!ni->have_watchdog) return;
+    pthread_mutex_lock(&ni->mu);
+    ni->quit = true;
+    pthread_cond_broadcast(&ni->cv);
+    pthread_mutex_unlock(&ni->mu);
+    pthread_join(ni->watchdog, NULL);
+    ni->have_watchdog = false;
 }
 
 static ncclDataType_t nccl_type(wan_dtype dt) {
@@ -165,74 +342,77 @@ static ncclDataType_t nccl_type(wan_dtype dt) {
 
 static int nccl_allreduce(wan_group *g, void *buf, size_t n, wan_dtype dt, wan_redop op) {
     ncclComm_t comm = NULL;
-    WAN_TRY(check_usable(g, "allreduce", &comm));
-    WAN_TRY(begin(g, "allreduce"));
+    WAN_TRY(enter(g, "allreduce", &comm));
     ncclResult_t r = ncclAllReduce(buf, buf, n, nccl_type(dt), op == WAN_RED_MAX ? ncclMax : ncclSum, comm,
                                    impl_of(g->comm)->stream);
-    return finish(g, comm, r, "allreduce");
+    return finish(g, comm, r, "allreduce", NULL);
 }
 
 static int nccl_reduce_scatter(wan_group *g, void *recv, const void *send, size_t n, wan_dtype dt) {
     ncclComm_t comm = NULL;
-    WAN_TRY(check_usable(g, "reduce_scatter", &comm));
-    WAN_TRY(begin(g, "reduce_scatter"));
+    WAN_TRY(enter(g, "reduce_scatter", &comm));
     ncclResult_t r = ncclReduceScatter(send, recv, n, nccl_type(dt), ncclSum, comm, impl_of(g->comm)->stream);
-    return finish(g, comm, r, "reduce_scatter");
+    return finish(g, comm, r, "reduce_scatter", NULL);
 }
 
 static int nccl_allgather(wan_group *g, void *recv, const void *send, size_t n, wan_dtype dt) {
     ncclComm_t comm = NULL;
-    WAN_TRY(check_usable(g, "allgather", &comm));
-    WAN_TRY(begin(g, "allgather"));
+    WAN_TRY(enter(g, "allgather", &comm));
     /* in place (send == recv + rank * n) is NCCL's in-place allgather */
     ncclResult_t r = ncclAllGather(send, recv, n, nccl_type(dt), comm, impl_of(g->comm)->stream);
-    return finish(g, comm, r, "allgather");
+    return finish(g, comm, r, "allgather", NULL);
 }
 
 static int nccl_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
     ncclComm_t comm = NULL;
-    WAN_TRY(check_usable(g, "broadcast", &comm));
-    WAN_TRY(begin(g, "broadcast"));
+    WAN_TRY(enter(g, "broadcast", &comm));
     ncclResult_t r = ncclBroadcast(buf, buf, n, nccl_type(dt), root, comm, impl_of(g->comm)->stream);
-    return finish(g, comm, r, "broadcast");
+    return finish(g, comm, r, "broadcast", NULL);
 }
 
-static int nccl_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt) {
+static int sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
+                    uint64_t *req) {
     ncclComm_t comm = NULL;
-    WAN_TRY(check_usable(g, "sendrecv", &comm));
-    WAN_TRY(begin(g, "sendrecv"));
+    WAN_TRY(enter(g, "sendrecv", &comm));
     cudaStream_t st = impl_of(g->comm)->stream;
     ncclResult_t r = ncclGroupStart();
     if (r == ncclSuccess) r = ncclSend(send, n, nccl_type(dt), to, comm, st);
     if (r == ncclSuccess) r = ncclRecv(recv, n, nccl_type(dt), from, comm, st);
     ncclResult_t e = ncclGroupEnd(); /* always close the group */
     if (r == ncclSuccess) r = e;
-    return finish(g, comm, r, "sendrecv");
+    return finish(g, comm, r, "sendrecv", req);
+}
+
+static int nccl_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt) {
+    return sendrecv(g, send, to, recv, from, n, dt, NULL);
+}
+
+static int nccl_sendrecv_start(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
+                               uint64_t *req) {
+    return sendrecv(g, send, to, recv, from, n, dt, req);
 }
 
 static int nccl_send(wan_group *g, const void *buf, size_t n, wan_dtype dt, int peer) {
     ncclComm_t comm = NULL;
-    WAN_TRY(check_usable(g, "send", &comm));
-    WAN_TRY(begin(g, "send"));
+    WAN_TRY(enter(g, "send", &comm));
     ncclResult_t r = ncclSend(buf, n, nccl_type(dt), peer, comm, impl_of(g->comm)->stream);
-    return finish(g, comm, r, "send");
+    return finish(g, comm, r, "send", NULL);
 }
 
 static int nccl_recv(wan_group *g, void *buf, size_t n, wan_dtype dt, int peer) {
     ncclComm_t comm = NULL;
-    WAN_TRY(check_usable(g, "recv", &comm));
-    WAN_TRY(begin(g, "recv"));
+    WAN_TRY(enter(g, "recv", &comm));
     ncclResult_t r = ncclRecv(buf, n, nccl_type(dt), peer, comm, impl_of(g->comm)->stream);
-    return finish(g, comm, r, "recv");
+    return finish(g, comm, r, "recv", NULL);
 }
 
 static int nccl_barrier(wan_group *g) {
     ncclComm_t comm = NULL;
-    WAN_TRY(check_usable(g, "barrier", &comm));
-    WAN_TRY(begin(g, "barrier"));
+    WAN_TRY(enter(g, "barrier", &comm));
     ncclResult_t r = ncclAllReduce(impl_of(g->comm)->barrier_buf, impl_of(g->comm)->barrier_buf, 1, ncclFloat32,
                                    ncclSum, comm, impl_of(g->comm)->stream);
-    return finish(g, comm, r, "barrier");
+    WAN_TRY(finish(g, comm, r, "barrier", NULL));
+    return nccl_flush(g->comm); /* the host waits: that is what a barrier is for */
 }
 
 /* ---------------------------------------------------------------- groups and lifetime */
@@ -240,8 +420,6 @@ static int nccl_barrier(wan_group *g) {
 static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int index, const int *ranks, int size) {
     nccl_impl *ni = impl_of(c);
     WAN_TRY(wan_group_init(g, c, name, index, ranks, size));
-    if (ni->poisoned)
-        return wan_fail(WAN_ERR_RUNTIME, "make_group %s[%d]: the transport failed earlier: %s", name, index, ni->why);
     if (ni->ncomms >= WAN_NCCL_MAX_COMMS || ni->ngroups >= WAN_NCCL_MAX_COMMS)
         return wan_fail(WAN_ERR_RUNTIME, "make_group %s[%d]: more than %d NCCL groups", name, index,
                         WAN_NCCL_MAX_COMMS - 1);
@@ -252,16 +430,25 @@ static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int inde
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     ncclComm_t world = ni->world.comm;
+    lock(ni);
+    if (ni->poisoned) {
+        unlock(ni);
+        return failed_earlier(c, g, "make_group");
+    }
     ncclResult_t r = ncclCommSplit(world, g->rank >= 0 ? index : NCCL_SPLIT_NOCOLOR, g->rank >= 0 ? g->rank : 0,
                                    &ng->comm, &cfg);
+    if (ng->comm) ni->comms[ni->ncomms++] = ng->comm; /* aborted with the others from now on */
+    unlock(ni);
     if (r != ncclSuccess && r != ncclInProgress)
         return fail_op(c, g, "make_group (ncclCommSplit)", "%s (%s)", ncclGetErrorString(r), ncclGetLastError(world));
-    WAN_TRY(wait_comm(c, g, world, NULL, "make_group (ncclCommSplit)"));
+    WAN_TRY(wait_comm(c, g, world, "make_group (ncclCommSplit)"));
     if (ng->comm) {
-        ni->comms[ni->ncomms++] = ng->comm;
-        WAN_TRY(wait_comm(c, g, ng->comm, NULL, "make_group (ncclCommSplit)"));
+        WAN_TRY(wait_comm(c, g, ng->comm, "make_group (ncclCommSplit)"));
         int n = 0;
-        if (ncclCommCount(ng->comm, &n) != ncclSuccess || n != size)
+        lock(ni);
+        ncclResult_t rc = ni->poisoned ? ncclInvalidUsage : ncclCommCount(ng->comm, &n);
+        unlock(ni);
+        if (rc != ncclSuccess || n != size)
             return fail_op(c, g, "make_group", "the new communicator has %d ranks, expected %d", n, size);
     }
     return 0;
@@ -278,10 +465,17 @@ static void nccl_abort(wan_comm *c, const char *why) {
 static void release(wan_comm *c) {
     nccl_impl *ni = impl_of(c);
     if (ni) {
+        if (ni->have_watchdog) wan_cuda_set_host_wait(NULL, NULL);
+        stop_watchdog(ni);
         if (ni->barrier_buf) (void)cudaFree(ni->barrier_buf);
         if (ni->ready) (void)cudaEventDestroy(ni->ready);
-        if (ni->done) (void)cudaEventDestroy(ni->done);
+        for (int i = 0; i < WAN_NCCL_INFLIGHT; i++)
+            if (ni->ring[i].done) (void)cudaEventDestroy(ni->ring[i].done);
         if (ni->stream) (void)cudaStreamDestroy(ni->stream);
+        if (ni->have_sync) {
+            pthread_mutex_destroy(&ni->mu);
+            pthread_cond_destroy(&ni->cv);
+        }
         free(ni);
     }
     free(c);
@@ -291,15 +485,19 @@ static void nccl_destroy(wan_comm *c) {
     if (!c) return;
     nccl_impl *ni = impl_of(c);
     (void)cudaSetDevice(ni->device);
-    /* finalise each communicator (flush, then quiescent) under the deadline, then destroy; on a
-     * failure wait_comm aborts them all */
+    /* what is in flight completes (or fails) under the watchdog; then each communicator is
+     * finalised (flush, then quiescent) under the deadline and destroyed; on a failure
+     * wait_comm aborts them all */
+    (void)nccl_flush(c);
+    wan_cuda_set_host_wait(NULL, NULL);
+    stop_watchdog(ni);
     for (int i = ni->ncomms - 1; i >= 0 && !ni->poisoned; i--) {
         ncclResult_t r = ncclCommFinalize(ni->comms[i]);
         if (r != ncclSuccess && r != ncclInProgress) {
             fail_op(c, NULL, "destroy (ncclCommFinalize)", "%s", ncclGetErrorString(r));
             break;
         }
-        if (wait_comm(c, NULL, ni->comms[i], NULL, "destroy (ncclCommFinalize)")) break;
+        if (wait_comm(c, NULL, ni->comms[i], "destroy (ncclCommFinalize)")) break;
     }
     if (ni->poisoned) wan_warn("%s", ni->why);
     else
@@ -314,6 +512,9 @@ static const wan_comm_ops nccl_ops = {
     .allgather = nccl_allgather,
     .broadcast = nccl_broadcast,
     .sendrecv = nccl_sendrecv,
+    .sendrecv_start = nccl_sendrecv_start,
+    .wait = nccl_wait,
+    .flush = nccl_flush,
     .send = nccl_send,
     .recv = nccl_recv,
     .barrier = nccl_barrier,
@@ -347,6 +548,14 @@ int wan_comm_nccl_create(wan_bootstrap *b, int device, int timeout_s, void *cuda
     c->size = b->size;
     c->timeout_s = timeout_s;
     ni->device = device;
+    if (pthread_mutex_init(&ni->mu, NULL) == 0) {
+        if (pthread_cond_init(&ni->cv, NULL) == 0) ni->have_sync = true;
+        else pthread_mutex_destroy(&ni->mu);
+    }
+    if (!ni->have_sync) {
+        release(c);
+        return wan_fail(WAN_ERR_RUNTIME, "NCCL transport: cannot make a mutex");
+    }
     /* no stream given: the CUDA backend's (its stream does not synchronise with stream 0) */
     ni->compute = (cudaStream_t)(cuda_stream ? cuda_stream : wan_cuda_process_stream());
 
@@ -362,7 +571,7 @@ int wan_comm_nccl_create(wan_bootstrap *b, int device, int timeout_s, void *cuda
     INIT_CU(cudaSetDevice(device));
     INIT_CU(cudaStreamCreateWithFlags(&ni->stream, cudaStreamNonBlocking));
     INIT_CU(cudaEventCreateWithFlags(&ni->ready, cudaEventDisableTiming));
-    INIT_CU(cudaEventCreateWithFlags(&ni->done, cudaEventDisableTiming));
+    for (int i = 0; i < WAN_NCCL_INFLIGHT; i++) INIT_CU(cudaEventCreateWithFlags(&ni->ring[i].done, cudaEventDisableTiming));
     INIT_CU(cudaMalloc((void **)&ni->barrier_buf, sizeof(float)));
     INIT_CU(cudaMemset(ni->barrier_buf, 0, sizeof(float)));
 
@@ -394,7 +603,19 @@ int wan_comm_nccl_create(wan_bootstrap *b, int device, int timeout_s, void *cuda
     ni->world.comm = world;
     ni->comms[ni->ncomms++] = world;
     /* all ranks must arrive within the deadline; on failure wait_comm aborts the world */
-    if ((rc = wait_comm(c, NULL, world, NULL, "init (ncclCommInitRankConfig)"))) goto fail;
+    if ((rc = wait_comm(c, NULL, world, "init (ncclCommInitRankConfig)"))) goto fail;
+    /* the watchdog takes no asynchronous signals (SIGTERM, SIGUSR1 stay with the main thread) */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int te = pthread_create(&ni->watchdog, NULL, watchdog_main, c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (te) {
+        rc = wan_fail(WAN_ERR_RUNTIME, "NCCL transport: cannot start the watchdog thread");
+        goto fail;
+    }
+    ni->have_watchdog = true;
+    wan_cuda_set_host_wait(host_wait_hook, c);
 
     /* the world group */
     wan_group *g = &c->world;

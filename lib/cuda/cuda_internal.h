@@ -30,6 +30,13 @@ __attribute__((noreturn)) void wan_cuda_die(const char *file, int line, const ch
 /* Same with a formatted message (bad arguments, unsupported dtype combinations). */
 __attribute__((noreturn, format(printf, 3, 4))) void wan_cuda_dief(const char *file, int line, const char *fmt, ...);
 
+/* Block the host until stream st has done its work. First the hook (the NCCL transport's flush:
+ * the collectives the stream waits for, under their deadline), whose failure is logged and ends
+ * the process with exit 1; then the stream itself. */
+void wan_cuda_host_wait(cudaStream_t st);
+/* Set (fn) or clear (NULL) the hook: fn returns 0, or non-zero after wan_fail. */
+void wan_cuda_set_host_wait(int (*fn)(void *ctx), void *ctx);
+
 /* WAN_CUDA_DEBUG_SYNC=1: synchronise and check after every kernel launch. */
 extern int wan_cuda_debug_sync;
 

@@ -71,6 +71,6 @@ extern "C" double wan_cuda_sumsq(wan_backend *be, const float *x, size_t n) {
     k_sumsq_final<<<1, WAN_THREADS, 0, st>>>(part + WAN_SUMSQ_BLOCKS, part, (int)blocks);
     WAN_CU_LAUNCH(st);
     WAN_CU(cudaMemcpyAsync(c->host_result, part + WAN_SUMSQ_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost, st));
-    WAN_CU(cudaStreamSynchronize(st));
+    wan_cuda_host_wait(st);
     return *c->host_result;
 }

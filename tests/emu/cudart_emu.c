@@ -1,20 +1,27 @@
 /* The CUDA runtime calls the backend makes, on the CPU, for the emulation build (make EMU=1).
  *
- * "Device" memory is host memory; every call is synchronous on the calling thread, so streams
- * and events only need to exist. Fresh allocations are filled with 0xff bytes (NaN as fp32, bf16
+ * "Device" memory is host memory; every call is synchronous on the calling thread. The one
+ * exception is work the NCCL stand-in (nccl_emu.c) queues on a stream: it runs on that
+ * communicator's worker thread, and the stream counts it (wan_emu_stream_enqueue / _complete),
+ * so that an event recorded behind it is "not ready" until it has run, and cudaStreamWaitEvent,
+ * cudaStreamSynchronize and cudaEventSynchronize block the calling thread until then (for the
+ * synchronous streams that is what the GPU's wait means). Fresh allocations are filled with 0xff bytes (NaN as fp32, bf16
  * and fp16) so that a kernel reading memory nobody wrote produces NaN instead of a lucky zero.
  * Bad arguments are reported the way the runtime reports them (an error code, also kept as the
  * "last error"), with one line on stderr saying what, so that a test sees the call that failed.
  * The emulated device describes itself as an sm_90 GPU with 80 GB. */
 #include <cuda_runtime_api.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "emu.h"
 
-static cudaError_t last_error = cudaSuccess;
+static _Thread_local cudaError_t last_error = cudaSuccess; /* per host thread, as the runtime's */
 static int current_device;
 
 static cudaError_t fail(cudaError_t e, const char *call, const char *why) {
@@ -201,35 +208,102 @@ cudaError_t cudaMemset2DAsync(void *p, size_t pitch, int value, size_t width, si
 
 /* ---------------------------------------------------------------- streams and events */
 
+/* enq: tickets handed out for queued work; done: the highest ticket completed (in order) */
 struct CUstream_st {
-    int unused;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t enq, done;
 };
 struct CUevent_st {
     int recorded;
     int queried; /* queries since the last record */
+    cudaStream_t stream; /* recorded on, and the ticket it waits for (0: nothing queued) */
+    uint64_t ticket;
 };
+
+uint64_t wan_emu_stream_enqueue(void *stream) {
+    cudaStream_t st = stream;
+    if (!st) return 0;
+    pthread_mutex_lock(&st->mu);
+    uint64_t t = ++st->enq;
+    pthread_mutex_unlock(&st->mu);
+    return t;
+}
+
+void wan_emu_stream_complete(void *stream, uint64_t ticket) {
+    cudaStream_t st = stream;
+    if (!st || !ticket) return;
+    pthread_mutex_lock(&st->mu);
+    if (ticket > st->done) st->done = ticket;
+    pthread_cond_broadcast(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* Wait until st has completed `upto` (or stop(arg) says to give up; polled every 10 ms). */
+static void wait_done(cudaStream_t st, uint64_t upto, int (*stop)(void *), void *arg) {
+    if (!st) return;
+    pthread_mutex_lock(&st->mu);
+    while (st->done < upto && !(stop && stop(arg))) {
+        if (!stop) {
+            pthread_cond_wait(&st->cv, &st->mu);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&st->cv, &st->mu, &ts);
+    }
+    pthread_mutex_unlock(&st->mu);
+}
+
+void wan_emu_stream_wait_turn(void *stream, uint64_t ticket, int (*stop)(void *), void *arg) {
+    if (ticket > 1) wait_done(stream, ticket - 1, stop, arg);
+}
+
+static bool event_complete(cudaEvent_t ev) {
+    if (!ev->stream || !ev->ticket) return true;
+    pthread_mutex_lock(&ev->stream->mu);
+    bool done = ev->stream->done >= ev->ticket;
+    pthread_mutex_unlock(&ev->stream->mu);
+    return done;
+}
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags) {
     (void)flags;
     *st = calloc(1, sizeof **st);
-    return *st ? cudaSuccess : fail(cudaErrorMemoryAllocation, "cudaStreamCreateWithFlags", "out of host memory");
+    if (!*st) return fail(cudaErrorMemoryAllocation, "cudaStreamCreateWithFlags", "out of host memory");
+    pthread_mutex_init(&(*st)->mu, NULL);
+    pthread_cond_init(&(*st)->cv, NULL);
+    return cudaSuccess;
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t *st) { return cudaStreamCreateWithFlags(st, 0); }
 
 cudaError_t cudaStreamDestroy(cudaStream_t st) {
+    if (st) {
+        wait_done(st, st->enq, NULL, NULL); /* the runtime lets queued work finish first */
+        pthread_mutex_destroy(&st->mu);
+        pthread_cond_destroy(&st->cv);
+    }
     free(st);
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t st) {
-    (void)st;
+    if (st) {
+        pthread_mutex_lock(&st->mu);
+        uint64_t upto = st->enq;
+        pthread_mutex_unlock(&st->mu);
+        wait_done(st, upto, NULL, NULL);
+    }
     return last_error; /* an asynchronous fault would surface here */
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t st, cudaEvent_t ev, unsigned flags) {
     (void)st, (void)flags;
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent", "NULL event");
+    if (ev->stream) wait_done(ev->stream, ev->ticket, NULL, NULL);
     return cudaSuccess;
 }
 
@@ -247,19 +321,25 @@ cudaError_t cudaEventDestroy(cudaEvent_t ev) {
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st) {
-    (void)st;
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord", "NULL event");
     ev->recorded = 1;
     ev->queried = 0;
+    ev->stream = st;
+    ev->ticket = 0;
+    if (st) {
+        pthread_mutex_lock(&st->mu);
+        ev->ticket = st->enq;
+        pthread_mutex_unlock(&st->mu);
+    }
     return cudaSuccess;
 }
 
-/* Work is done at once here, but a GPU is rarely that fast: the first query after a record
- * answers "not ready", and, as the real runtime does, leaves that as the last error (a caller
- * must clear it, or its next launch check fails). */
+/* Work done at once is still answered "not ready" by the first query after a record (a GPU is
+ * rarely that fast), and, as the real runtime does, that is left as the calling thread's last
+ * error (a caller must clear it, or its next launch check fails). */
 cudaError_t cudaEventQuery(cudaEvent_t ev) {
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaEventQuery", "NULL event");
-    if (ev->recorded && ev->queried++ == 0) {
+    if (ev->recorded && (ev->queried++ == 0 || !event_complete(ev))) {
         last_error = cudaErrorNotReady;
         return cudaErrorNotReady;
     }
@@ -268,6 +348,7 @@ cudaError_t cudaEventQuery(cudaEvent_t ev) {
 
 cudaError_t cudaEventSynchronize(cudaEvent_t ev) {
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize", "NULL event");
+    if (ev->stream) wait_done(ev->stream, ev->ticket, NULL, NULL);
     return cudaSuccess;
 }
 

@@ -3,12 +3,21 @@
 #ifndef WAN_EMU_H
 #define WAN_EMU_H
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* Record a cudaError_t as the last error (kept until cudaGetLastError reads it). */
 void wan_emu_set_error(int e);
+
+/* Work queued on a stream by another thread (the NCCL stand-in): a ticket for it (0 for the NULL
+ * stream), its completion (tickets complete in order), and the wait for its turn: until the
+ * work before `ticket` completed, or stop(arg) returns non-zero (polled). */
+uint64_t wan_emu_stream_enqueue(void *stream);
+void wan_emu_stream_complete(void *stream, uint64_t ticket);
+void wan_emu_stream_wait_turn(void *stream, uint64_t ticket, int (*stop)(void *), void *arg);
 
 #ifdef __cplusplus
 }

@@ -22,12 +22,16 @@
  * together, so any exchange that does not deadlock on NCCL does not here.
  *
  * Asynchrony: each communicator has a worker thread that runs what the calls enqueue, in order.
- * A non-blocking communicator (config.blocking = 0) returns ncclInProgress from init, split,
- * group end and collectives, and ncclCommGetAsyncError says ncclInProgress until the work is
- * done, so the caller's own deadline governs (comm_nccl.c then calls ncclCommAbort, which returns
- * promptly: the worker checks the abort flag in every wait). The streams of the emulated runtime
- * are synchronous, so "done" also means the data is in place. A blocking communicator waits
- * in the call.
+ * Collectives and send/recv are stream work, as on a GPU: the call returns once queued, the
+ * stream counts the task (tests/emu/cudart_emu.c), tasks of one stream run in the order they
+ * were queued whatever their communicator, and an event recorded on the stream behind a task
+ * is "not ready" until the task ran, which is when cudaStreamWaitEvent lets its caller go on.
+ * WAN_EMU_NCCL_DELAY_US=N makes every stream task start N microseconds late, so that a reader
+ * not ordered after it sees stale data. Init, split and finalise are host work: a non-blocking
+ * communicator (config.blocking = 0) returns ncclInProgress from them and ncclCommGetAsyncError
+ * says ncclInProgress until they are done, so the caller's own deadline governs (comm_nccl.c then
+ * calls ncclCommAbort, which returns promptly: the worker checks the abort flag in every wait);
+ * a blocking communicator waits in the call.
  *
  * Failures: every wait checks the local abort flag, whether a peer aborted the communicator,
  * whether the awaited peers still live (kill(pid, 0)), and a deadline of WAN_EMU_NCCL_TIMEOUT
@@ -60,6 +64,7 @@
 #include <unistd.h>
 
 #include "dtype.h"
+#include "emu.h"
 
 #define SEG_MAGIC 0x3155434e4d45574eull /* "NWEMNCU1" */
 #define ID_TAG "wan-emu-nccl-id"        /* 15 characters and a NUL, then the segment's name */
@@ -118,6 +123,7 @@ typedef struct op {
     ncclDataType_t type;
     ncclRedOp_t red;
     int root; /* broadcast root; send/recv peer */
+    cudaStream_t stream; /* stream work: collectives, send, recv */
     struct ncclComm *child;
     int color, key;
     size_t done; /* send/recv: bytes moved */
@@ -127,6 +133,8 @@ typedef struct task {
     struct task *next;
     op *ops;
     int nops;
+    cudaStream_t stream; /* stream work: the stream and its ticket for this task */
+    uint64_t sticket;
 } task;
 
 struct ncclComm {
@@ -880,6 +888,27 @@ static ncclResult_t run_task(struct ncclComm *c, task *t) {
     return p2p ? run_p2p(c, t->ops, t->nops) : ncclSuccess;
 }
 
+static int aborting_of(void *arg) { return atomic_load(&((struct ncclComm *)arg)->aborting); }
+
+/* Stream work waits for its turn on the stream (and WAN_EMU_NCCL_DELAY_US), runs, completes. */
+static ncclResult_t run_stream_task(struct ncclComm *c, task *t, bool skip, ncclResult_t st) {
+    wan_emu_stream_wait_turn(t->stream, t->sticket, aborting_of, c);
+    static _Atomic long delay_us = -1;
+    if (atomic_load(&delay_us) < 0) atomic_store(&delay_us, (long)env_double("WAN_EMU_NCCL_DELAY_US", 0));
+    if (!skip && atomic_load(&delay_us) > 0) {
+        struct timespec ts = {atomic_load(&delay_us) / 1000000, (atomic_load(&delay_us) % 1000000) * 1000};
+        nanosleep(&ts, NULL);
+    }
+    ncclResult_t r = skip ? st : run_task(c, t);
+    if (r != ncclSuccess && !skip) { /* the error is posted before the stream moves on */
+        pthread_mutex_lock(&c->mu);
+        atomic_store(&c->status, r);
+        pthread_mutex_unlock(&c->mu);
+    }
+    wan_emu_stream_complete(t->stream, t->sticket);
+    return r;
+}
+
 static void *worker_main(void *arg) {
     struct ncclComm *c = arg;
     pthread_mutex_lock(&c->mu);
@@ -892,7 +921,7 @@ static void *worker_main(void *arg) {
         ncclResult_t st = atomic_load(&c->status);
         bool failed = st != ncclSuccess && st != ncclInProgress;
         pthread_mutex_unlock(&c->mu);
-        ncclResult_t r = failed ? st : run_task(c, t);
+        ncclResult_t r = t->stream ? run_stream_task(c, t, failed, st) : failed ? st : run_task(c, t);
         if (r != ncclSuccess) {
             /* the worker's own failures; a split's child reports through its own status */
             for (int i = 0; i < t->nops; i++)
@@ -923,6 +952,8 @@ static ncclResult_t submit(struct ncclComm *c, op *ops, int nops, uint64_t *tick
     t->next = NULL;
     t->ops = ops;
     t->nops = nops;
+    t->stream = ops[0].stream;
+    t->sticket = 0;
     pthread_mutex_lock(&c->mu);
     ncclResult_t st = atomic_load(&c->status);
     if ((st != ncclSuccess && st != ncclInProgress) || c->quit || atomic_load(&c->aborting)) {
@@ -935,7 +966,10 @@ static ncclResult_t submit(struct ncclComm *c, op *ops, int nops, uint64_t *tick
     else c->head = t;
     c->tail = t;
     *ticket = ++c->submitted;
-    atomic_store(&c->status, ncclInProgress);
+    /* stream work counts on its stream (in queueing order: this thread holds c->mu); host
+     * work keeps the communicator "in progress" until done */
+    if (t->stream) t->sticket = wan_emu_stream_enqueue(t->stream);
+    else atomic_store(&c->status, ncclInProgress);
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
     return ncclSuccess;
@@ -950,9 +984,10 @@ static ncclResult_t wait_ticket(struct ncclComm *c, uint64_t ticket) {
     return st == ncclInProgress ? ncclSuccess : st;
 }
 
-/* After submit: a blocking comm waits, a non-blocking one says ncclInProgress. */
-static ncclResult_t after_submit(struct ncclComm *c, ncclResult_t r, uint64_t ticket) {
-    if (r != ncclSuccess) return r;
+/* After submit of host work: a blocking comm waits, a non-blocking one says ncclInProgress.
+ * Stream work is done with once queued. */
+static ncclResult_t after_submit(struct ncclComm *c, ncclResult_t r, uint64_t ticket, bool stream_work) {
+    if (r != ncclSuccess || stream_work) return r;
     return c->blocking ? wait_ticket(c, ticket) : ncclInProgress;
 }
 
@@ -1067,13 +1102,15 @@ ncclResult_t ncclGroupEnd(void) {
             free(p->ops);
             continue;
         }
+        bool stream_work = p->ops[0].stream != NULL;
         ncclResult_t e = submit(p->c, p->ops, p->n, &tickets[i]);
         if (e != ncclSuccess) r = e;
+        else if (stream_work) tickets[i] = 0; /* queued is done with */
         else if (!p->c->blocking) any_nonblocking = ncclInProgress;
     }
     if (!tickets && r == ncclSuccess) r = api_fail(ncclSystemError, "out of memory");
     for (int i = 0; r == ncclSuccess && i < group_npend; i++)
-        if (group_pend[i].c->blocking) {
+        if (group_pend[i].c->blocking && tickets[i]) {
             ncclResult_t e = wait_ticket(group_pend[i].c, tickets[i]);
             if (e != ncclSuccess) r = e;
         }
@@ -1091,8 +1128,9 @@ static ncclResult_t issue(struct ncclComm *c, const op *o) {
     if (!ops) return api_fail(ncclSystemError, "out of memory");
     *ops = *o;
     uint64_t ticket = 0;
+    bool stream_work = o->stream != NULL;
     ncclResult_t r = submit(c, ops, 1, &ticket);
-    return after_submit(c, r, ticket);
+    return after_submit(c, r, ticket, stream_work);
 }
 
 /* An invalid operation: refused now; inside a group it also fails the group. */
@@ -1193,7 +1231,7 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int nranks, ncclUniqueId i
         return r;
     }
     *comm = c;
-    return after_submit(c, r, ticket);
+    return after_submit(c, r, ticket, false);
 }
 
 ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank) {
@@ -1276,7 +1314,7 @@ ncclResult_t ncclCommFinalize(ncclComm_t comm) {
     o->kind = K_FINALIZE;
     uint64_t ticket = 0;
     ncclResult_t r = submit(comm, o, 1, &ticket);
-    return after_submit(comm, r, ticket);
+    return after_submit(comm, r, ticket, false);
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
@@ -1341,51 +1379,45 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
 
 ncclResult_t ncclAllReduce(const void *s, void *r, size_t n, ncclDataType_t t, ncclRedOp_t red, ncclComm_t c,
                            cudaStream_t st) {
-    (void)st; /* the emulated streams are synchronous */
     ncclResult_t e = check_op(c, "ncclAllReduce", n, t, (int)red, s && r);
     if (e) return e;
-    op o = {.kind = K_ALLREDUCE, .send = s, .recv = r, .count = n, .type = t, .red = red};
+    op o = {.kind = K_ALLREDUCE, .stream = st, .send = s, .recv = r, .count = n, .type = t, .red = red};
     return issue(c, &o);
 }
 
 ncclResult_t ncclReduceScatter(const void *s, void *r, size_t n, ncclDataType_t t, ncclRedOp_t red, ncclComm_t c,
                                cudaStream_t st) {
-    (void)st;
     ncclResult_t e = check_op(c, "ncclReduceScatter", n, t, (int)red, s && r);
     if (e) return e;
-    op o = {.kind = K_REDUCE_SCATTER, .send = s, .recv = r, .count = n, .type = t, .red = red};
+    op o = {.kind = K_REDUCE_SCATTER, .stream = st, .send = s, .recv = r, .count = n, .type = t, .red = red};
     return issue(c, &o);
 }
 
 ncclResult_t ncclAllGather(const void *s, void *r, size_t n, ncclDataType_t t, ncclComm_t c, cudaStream_t st) {
-    (void)st;
     ncclResult_t e = check_op(c, "ncclAllGather", n, t, -1, s && r);
     if (e) return e;
-    op o = {.kind = K_ALLGATHER, .send = s, .recv = r, .count = n, .type = t};
+    op o = {.kind = K_ALLGATHER, .stream = st, .send = s, .recv = r, .count = n, .type = t};
     return issue(c, &o);
 }
 
 ncclResult_t ncclBroadcast(const void *s, void *r, size_t n, ncclDataType_t t, int root, ncclComm_t c,
                            cudaStream_t st) {
-    (void)st;
     ncclResult_t e = check_op(c, "ncclBroadcast", n, t, -1, r != NULL);
     if (e) return e;
-    op o = {.kind = K_BROADCAST, .send = s, .recv = r, .count = n, .type = t, .root = root};
+    op o = {.kind = K_BROADCAST, .stream = st, .send = s, .recv = r, .count = n, .type = t, .root = root};
     return issue(c, &o);
 }
 
 ncclResult_t ncclSend(const void *s, size_t n, ncclDataType_t t, int peer, ncclComm_t c, cudaStream_t st) {
-    (void)st;
     ncclResult_t e = check_op(c, "ncclSend", n, t, -1, s != NULL);
     if (e) return e;
-    op o = {.kind = K_SEND, .send = s, .count = n, .type = t, .root = peer};
+    op o = {.kind = K_SEND, .stream = st, .send = s, .count = n, .type = t, .root = peer};
     return issue(c, &o);
 }
 
 ncclResult_t ncclRecv(void *r, size_t n, ncclDataType_t t, int peer, ncclComm_t c, cudaStream_t st) {
-    (void)st;
     ncclResult_t e = check_op(c, "ncclRecv", n, t, -1, r != NULL);
     if (e) return e;
-    op o = {.kind = K_RECV, .recv = r, .count = n, .type = t, .root = peer};
+    op o = {.kind = K_RECV, .stream = st, .recv = r, .count = n, .type = t, .root = peer};
     return issue(c, &o);
 }

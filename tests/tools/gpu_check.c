@@ -764,7 +764,7 @@ static float nf_chunks(size_t i, void *a) { /* chunk j of a size * n buffer: mem
 static int nccl_collectives(wan_group *g, size_t n) {
     const wan_comm_ops *op = g->comm->ops;
     int r = g->rank, p = g->size;
-    void *buf = gpu->alloc(gpu, (size_t)p * n * sizeof(float)), *buf2 = gpu->alloc(gpu, (size_t)p * n * sizeof(float));
+    void *buf = gpu->alloc(gpu, (size_t)(p < 2 ? 2 : p) * n * sizeof(float)), *buf2 = gpu->alloc(gpu, (size_t)p * n * sizeof(float));
     float *h;
     bool ok;
     nsel me = {g->ranks[r], 0};
@@ -829,6 +829,21 @@ static int nccl_collectives(wan_group *g, size_t n) {
     for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[(r + p - 1) % p], 0, i);
     free(h);
     nexpect(ok, "sendrecv", g);
+    /* started sendrecv: the compute after wait() sees the data (a device copy, then the host) */
+    nput(buf, WAN_F32, n, nf, &me);
+    gpu->memset0(gpu, buf2, n * sizeof(float));
+    uint64_t req = 0;
+    if (op->sendrecv_start) {
+        WAN_TRY(op->sendrecv_start(g, buf, (r + 1) % p, buf2, (r + p - 1) % p, n, WAN_F32, &req));
+        WAN_TRY(op->wait(g, req));
+    } else
+        WAN_TRY(op->sendrecv(g, buf, (r + 1) % p, buf2, (r + p - 1) % p, n, WAN_F32));
+    gpu->copy(gpu, (char *)buf + n * sizeof(float), buf2, n * sizeof(float));
+    h = nget((char *)buf + n * sizeof(float), WAN_F32, n);
+    ok = true;
+    for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[(r + p - 1) % p], 0, i);
+    free(h);
+    nexpect(ok, "sendrecv_start + wait", g);
     WAN_TRY(op->barrier(g));
     nexpect(true, "barrier", g);
     gpu->free(gpu, buf);
@@ -869,7 +884,9 @@ static int nccl_mode(int nproc, int timeout, int hang_rank) {
         }
         double t0 = wan_now();
         void *x = gpu->alloc(gpu, 4096);
+        /* NCCL returns once the allreduce is queued: the failure comes from the flush */
         int hr = c->ops->allreduce(&c->world, x, 1024, WAN_F32, WAN_RED_SUM);
+        if (!hr) hr = wan_comm_flush(c);
         double waited = wan_now() - t0;
         bool named = hr && strstr(wan_errmsg(), "allreduce") && strstr(wan_errmsg(), "world");
         wan_info("the hung peer was %s after %.1f s: %s", hr ? "reported" : "NOT reported", waited,

@@ -56,6 +56,32 @@ static const wan_comm_ops mock_ops = {.allreduce = m_allreduce, .reduce_scatter 
 
 static wan_comm mock_comm = {.ops = &mock_ops, .rank = 5, .size = 8};
 
+/* The same with the optional asynchronous sendrecv, wait and flush. */
+static uint64_t started_id, waited_id;
+static int starts, waits, flushes;
+static int m_start(wan_group *g, const void *s, int to, void *r, int from, size_t n, wan_dtype dt, uint64_t *req) {
+    (void)g, (void)s, (void)to, (void)r, (void)from, (void)n, (void)dt;
+    starts++;
+    *req = ++started_id + 100;
+    return 0;
+}
+static int m_wait(wan_group *g, uint64_t req) {
+    (void)g;
+    waits++;
+    waited_id = req;
+    return 0;
+}
+static int m_flush(wan_comm *c) {
+    (void)c;
+    flushes++;
+    return 0;
+}
+static const wan_comm_ops async_ops = {.allreduce = m_allreduce, .reduce_scatter = m_rs, .allgather = m_rs,
+                                       .broadcast = m_bcast, .sendrecv = m_sendrecv, .send = m_p2p,
+                                       .recv = m_recv, .barrier = m_barrier, .sendrecv_start = m_start,
+                                       .wait = m_wait, .flush = m_flush};
+static wan_comm async_comm = {.ops = &async_ops, .rank = 5, .size = 8};
+
 static void mock_group(wan_group *g, int size, int rank) {
     memset(g, 0, sizeof *g);
     g->comm = &mock_comm;
@@ -99,6 +125,36 @@ static void test_wrappers_bytes(void) {
     CHECK(wan_allreduce(&g, buf, 10, WAN_F32, WAN_RED_SUM) == WAN_ERR_RUNTIME);
     CHECK(g.bytes_sent == 0);
     mock_fail = 0;
+}
+
+/* Started transfers: the transport's start and wait when it has them (bytes counted once, the
+ * request waited for once), plain sendrecv when it does not; nothing on a group of one. */
+static void test_wrappers_async(void) {
+    wan_group g;
+    float buf[64] = {0};
+    mock_group(&g, 4, 2);
+    mock_calls = starts = waits = flushes = 0;
+    wan_comm_req req;
+    CHECK(wan_sendrecv_start(&g, buf, 3, buf + 32, 1, 8, WAN_F32, &req) == 0);
+    CHECK(mock_calls == 1 && !req.started);
+    CHECK(wan_comm_wait(&g, &req) == 0);
+    CHECK(wan_comm_flush(g.comm) == 0);
+    CHECK(g.bytes_sent == 32);
+
+    g.comm = &async_comm;
+    g.bytes_sent = 0;
+    CHECK(wan_sendrecv_start(&g, buf, 3, buf + 32, 1, 8, WAN_F32, &req) == 0);
+    CHECK(starts == 1 && mock_calls == 1 && req.started && g.bytes_sent == 32);
+    CHECK(wan_comm_wait(&g, &req) == 0);
+    CHECK(waits == 1 && waited_id == req.id && !req.started);
+    CHECK(wan_comm_wait(&g, &req) == 0 && waits == 1); /* once */
+    CHECK(wan_comm_flush(g.comm) == 0 && flushes == 1);
+    CHECK(wan_comm_flush(NULL) == 0);
+    /* errors are the wrappers': a bad peer is refused before the transport sees it */
+    CHECK(wan_sendrecv_start(&g, buf, 4, buf + 32, 1, 8, WAN_F32, &req) == WAN_ERR_USAGE && !req.started);
+    mock_group(&g, 1, 0);
+    g.comm = &async_comm;
+    CHECK(wan_sendrecv_start(&g, buf, 0, buf, 0, 8, WAN_F32, &req) == 0 && !req.started && starts == 1);
 }
 
 static void test_wrappers_skip(void) {
@@ -277,6 +333,7 @@ static void test_no_leftover(void) { CHECK(run_ranks(3, r_no_leftover) == 0); }
 
 int main(void) {
     RUN(test_wrappers_bytes);
+    RUN(test_wrappers_async);
     RUN(test_wrappers_skip);
     RUN(test_wrappers_errors);
     RUN(test_single_rank);
