@@ -99,31 +99,42 @@ static int self_attention_backward(wan_model *m, wan_block_acts *k) {
                           scale);
         return 0;
     }
-    /* The K/V block and its dK/dV accumulator travel together; after cp hops the accumulator
-     * of block j, summed over every rank in ring order, arrives back at rank j. */
+    /* Block j's dK/dV accumulator follows its K/V block around the ring, one step behind:
+     * step i computes this rank's contribution to the block in hand into a->dkv (free until the
+     * end) while the accumulator of that block is on its way from the previous rank and the
+     * next K/V block too; then the accumulator is waited for, the contribution added, and it
+     * is passed on during the next step. After cp hops the sum over every rank, in ring order,
+     * arrives back at rank j. Step 0 works in the accumulator itself (nothing to receive). */
     int next = (d->cp_rank + 1) % d->cp, prev = (d->cp_rank + d->cp - 1) % d->cp;
+    size_t bytes = 2 * TD * wan_dtype_size(be->act);
     be->memset0(be, a->dq, TD * wan_dtype_size(be->act));
-    void *dacc = a->ring_dkv[0];
-    be->memset0(be, dacc, 2 * TD * wan_dtype_size(be->act));
+    void *acc = a->ring_dkv[1], *incoming = a->ring_dkv[0]; /* sent / being received */
+    wan_comm_req acc_req = {0};
     const void *cur = k->kv;
     for (int i = 0; i < d->cp; i++) {
         int j = (d->cp_rank - i + d->cp) % d->cp;
         int valid = valid_in_block(m, j);
-        /* the next K/V block travels during this step's attention; its accumulator cannot (the
-         * attention adds to it) */
         void *nxt = a->ring_kv[i % 2];
         wan_comm_req kv_req = {0};
         if (i + 1 < d->cp) WAN_TRY(wan_sendrecv_start(&d->cp_g, cur, next, nxt, prev, 2 * TD, be->act, &kv_req));
+        void *part = i == 0 ? acc : a->dkv;
+        be->memset0(be, part, bytes); /* dq accumulates over the steps, dK/dV start from zero */
         if (valid > 0)
-            op->attention_bwd(be, a->dq, Dl, dacc, Dl, ACT_AT(m, dacc, TD), Dl, true, a->datt, Dl, k->att, Dl, k->lse,
-                              k->qn, Dl, cur, Dl, ACT_AT(m, cur, TD), Dl, B, m->Hl, Sc, Sc, m->hd, valid, scale);
+            op->attention_bwd(be, a->dq, Dl, part, Dl, ACT_AT(m, part, TD), Dl, true, a->datt, Dl, k->att, Dl,
+                              k->lse, k->qn, Dl, cur, Dl, ACT_AT(m, cur, TD), Dl, B, m->Hl, Sc, Sc, m->hd, valid,
+                              scale);
+        if (i > 0) { /* the block's accumulator has arrived in `incoming`: add, pass it on */
+            WAN_TRY(wan_comm_wait(&d->cp_g, &acc_req));
+            op->add(be, incoming, part, be->act, 2 * TD);
+            void *t = acc;
+            acc = incoming, incoming = t;
+        }
+        WAN_TRY(wan_sendrecv_start(&d->cp_g, acc, next, incoming, prev, 2 * TD, be->act, &acc_req));
         WAN_TRY(wan_comm_wait(&d->cp_g, &kv_req));
-        void *dnext = (dacc == a->ring_dkv[0]) ? a->ring_dkv[1] : a->ring_dkv[0];
-        WAN_TRY(wan_sendrecv(&d->cp_g, dacc, next, dnext, prev, 2 * TD, be->act));
-        dacc = dnext;
         cur = nxt;
     }
-    be->copy(be, a->dkv, dacc, 2 * TD * wan_dtype_size(be->act));
+    WAN_TRY(wan_comm_wait(&d->cp_g, &acc_req));
+    be->copy(be, a->dkv, incoming, bytes);
     return 0;
 }
 

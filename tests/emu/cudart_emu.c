@@ -5,7 +5,8 @@
  * communicator's worker thread, and the stream counts it (wan_emu_stream_enqueue / _complete),
  * so that an event recorded behind it is "not ready" until it has run, and cudaStreamWaitEvent,
  * cudaStreamSynchronize and cudaEventSynchronize block the calling thread until then (for the
- * synchronous streams that is what the GPU's wait means). Fresh allocations are filled with 0xff bytes (NaN as fp32, bf16
+ * synchronous streams that is what the GPU's wait means). Such a block also marks the work
+ * wanted, which a lazy task (WAN_EMU_NCCL_LAZY_MS) waits for. Fresh allocations are filled with 0xff bytes (NaN as fp32, bf16
  * and fp16) so that a kernel reading memory nobody wrote produces NaN instead of a lucky zero.
  * Bad arguments are reported the way the runtime reports them (an error code, also kept as the
  * "last error"), with one line on stderr saying what, so that a test sees the call that failed.
@@ -208,11 +209,12 @@ cudaError_t cudaMemset2DAsync(void *p, size_t pitch, int value, size_t width, si
 
 /* ---------------------------------------------------------------- streams and events */
 
-/* enq: tickets handed out for queued work; done: the highest ticket completed (in order) */
+/* enq: tickets handed out for queued work; done: the highest ticket completed (in order);
+ * wanted: the highest ticket a caller has blocked on (a lazy task starts when wanted) */
 struct CUstream_st {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    uint64_t enq, done;
+    uint64_t enq, done, wanted;
 };
 struct CUevent_st {
     int recorded;
@@ -239,26 +241,46 @@ void wan_emu_stream_complete(void *stream, uint64_t ticket) {
     pthread_mutex_unlock(&st->mu);
 }
 
-/* Wait until st has completed `upto` (or stop(arg) says to give up; polled every 10 ms). */
-static void wait_done(cudaStream_t st, uint64_t upto, int (*stop)(void *), void *arg) {
+static void deadline_in(struct timespec *ts, double s) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    long ns = ts->tv_nsec + (long)(s * 1e9);
+    ts->tv_sec += ns / 1000000000;
+    ts->tv_nsec = ns % 1000000000;
+}
+
+/* A caller blocks until st has completed `upto`: that work is now wanted. */
+static void wait_done(cudaStream_t st, uint64_t upto) {
     if (!st) return;
     pthread_mutex_lock(&st->mu);
-    while (st->done < upto && !(stop && stop(arg))) {
-        if (!stop) {
-            pthread_cond_wait(&st->cv, &st->mu);
-            continue;
-        }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 10 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-        pthread_cond_timedwait(&st->cv, &st->mu, &ts);
+    if (upto > st->wanted) {
+        st->wanted = upto;
+        pthread_cond_broadcast(&st->cv);
     }
+    while (st->done < upto) pthread_cond_wait(&st->cv, &st->mu);
     pthread_mutex_unlock(&st->mu);
 }
 
-void wan_emu_stream_wait_turn(void *stream, uint64_t ticket, int (*stop)(void *), void *arg) {
-    if (ticket > 1) wait_done(stream, ticket - 1, stop, arg);
+void wan_emu_stream_wait_turn(void *stream, uint64_t ticket, double lazy_s, int (*stop)(void *), void *arg) {
+    cudaStream_t st = stream;
+    if (!st) return;
+    struct timespec ts;
+    pthread_mutex_lock(&st->mu);
+    /* the work queued before it, without making it wanted (polled: stop may change) */
+    while (st->done + 1 < ticket && !stop(arg)) {
+        deadline_in(&ts, 0.01);
+        pthread_cond_timedwait(&st->cv, &st->mu, &ts);
+    }
+    /* lazy: as late as allowed, until someone blocks on it or lazy_s has passed */
+    struct timespec until;
+    deadline_in(&until, lazy_s);
+    while (lazy_s > 0 && st->wanted < ticket && !stop(arg)) {
+        deadline_in(&ts, 0.01);
+        if (ts.tv_sec > until.tv_sec || (ts.tv_sec == until.tv_sec && ts.tv_nsec > until.tv_nsec)) ts = until;
+        if (pthread_cond_timedwait(&st->cv, &st->mu, &ts) != 0 &&
+            (ts.tv_sec == until.tv_sec && ts.tv_nsec == until.tv_nsec))
+            break;
+    }
+    pthread_mutex_unlock(&st->mu);
 }
 
 static bool event_complete(cudaEvent_t ev) {
@@ -282,7 +304,7 @@ cudaError_t cudaStreamCreate(cudaStream_t *st) { return cudaStreamCreateWithFlag
 
 cudaError_t cudaStreamDestroy(cudaStream_t st) {
     if (st) {
-        wait_done(st, st->enq, NULL, NULL); /* the runtime lets queued work finish first */
+        wait_done(st, st->enq); /* the runtime lets queued work finish first */
         pthread_mutex_destroy(&st->mu);
         pthread_cond_destroy(&st->cv);
     }
@@ -295,7 +317,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t st) {
         pthread_mutex_lock(&st->mu);
         uint64_t upto = st->enq;
         pthread_mutex_unlock(&st->mu);
-        wait_done(st, upto, NULL, NULL);
+        wait_done(st, upto);
     }
     return last_error; /* an asynchronous fault would surface here */
 }
@@ -303,7 +325,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t st) {
 cudaError_t cudaStreamWaitEvent(cudaStream_t st, cudaEvent_t ev, unsigned flags) {
     (void)st, (void)flags;
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent", "NULL event");
-    if (ev->stream) wait_done(ev->stream, ev->ticket, NULL, NULL);
+    if (ev->stream) wait_done(ev->stream, ev->ticket);
     return cudaSuccess;
 }
 
@@ -348,7 +370,7 @@ cudaError_t cudaEventQuery(cudaEvent_t ev) {
 
 cudaError_t cudaEventSynchronize(cudaEvent_t ev) {
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize", "NULL event");
-    if (ev->stream) wait_done(ev->stream, ev->ticket, NULL, NULL);
+    if (ev->stream) wait_done(ev->stream, ev->ticket);
     return cudaSuccess;
 }
 

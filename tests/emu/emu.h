@@ -14,10 +14,12 @@ void wan_emu_set_error(int e);
 
 /* Work queued on a stream by another thread (the NCCL stand-in): a ticket for it (0 for the NULL
  * stream), its completion (tickets complete in order), and the wait for its turn: until the
- * work before `ticket` completed, or stop(arg) returns non-zero (polled). */
+ * work before `ticket` completed and then, when lazy_s > 0, until a caller blocks on this work
+ * (cudaStreamWaitEvent, ...) or lazy_s seconds have passed; stop(arg) non-zero ends the wait
+ * (polled). */
 uint64_t wan_emu_stream_enqueue(void *stream);
 void wan_emu_stream_complete(void *stream, uint64_t ticket);
-void wan_emu_stream_wait_turn(void *stream, uint64_t ticket, int (*stop)(void *), void *arg);
+void wan_emu_stream_wait_turn(void *stream, uint64_t ticket, double lazy_s, int (*stop)(void *), void *arg);
 
 #ifdef __cplusplus
 }

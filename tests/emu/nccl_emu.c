@@ -26,8 +26,9 @@
  * stream counts the task (tests/emu/cudart_emu.c), tasks of one stream run in the order they
  * were queued whatever their communicator, and an event recorded on the stream behind a task
  * is "not ready" until the task ran, which is when cudaStreamWaitEvent lets its caller go on.
- * WAN_EMU_NCCL_DELAY_US=N makes every stream task start N microseconds late, so that a reader
- * not ordered after it sees stale data. Init, split and finalise are host work: a non-blocking
+ * WAN_EMU_NCCL_LAZY_MS=N makes every stream task start as late as it may: when the caller
+ * blocks on it (an event behind it waited for, the stream synchronised) or N ms after its turn
+ * came, so that a reader not ordered after it sees stale data. Init, split and finalise are host work: a non-blocking
  * communicator (config.blocking = 0) returns ncclInProgress from them and ncclCommGetAsyncError
  * says ncclInProgress until they are done, so the caller's own deadline governs (comm_nccl.c then
  * calls ncclCommAbort, which returns promptly: the worker checks the abort flag in every wait);
@@ -890,15 +891,12 @@ static ncclResult_t run_task(struct ncclComm *c, task *t) {
 
 static int aborting_of(void *arg) { return atomic_load(&((struct ncclComm *)arg)->aborting); }
 
-/* Stream work waits for its turn on the stream (and WAN_EMU_NCCL_DELAY_US), runs, completes. */
+/* Stream work waits for its turn on the stream (and, lazy, for a caller to need it), runs,
+ * completes. */
 static ncclResult_t run_stream_task(struct ncclComm *c, task *t, bool skip, ncclResult_t st) {
-    wan_emu_stream_wait_turn(t->stream, t->sticket, aborting_of, c);
-    static _Atomic long delay_us = -1;
-    if (atomic_load(&delay_us) < 0) atomic_store(&delay_us, (long)env_double("WAN_EMU_NCCL_DELAY_US", 0));
-    if (!skip && atomic_load(&delay_us) > 0) {
-        struct timespec ts = {atomic_load(&delay_us) / 1000000, (atomic_load(&delay_us) % 1000000) * 1000};
-        nanosleep(&ts, NULL);
-    }
+    static _Atomic int lazy_ms = -1;
+    if (atomic_load(&lazy_ms) < 0) atomic_store(&lazy_ms, (int)env_double("WAN_EMU_NCCL_LAZY_MS", 0));
+    wan_emu_stream_wait_turn(t->stream, t->sticket, skip ? 0 : atomic_load(&lazy_ms) / 1000.0, aborting_of, c);
     ncclResult_t r = skip ? st : run_task(c, t);
     if (r != ncclSuccess && !skip) { /* the error is posted before the stream moves on */
         pthread_mutex_lock(&c->mu);
