@@ -8,7 +8,8 @@
 # own timeout naming the missing rank, and nothing left in /dev/shm.
 # Then wan-train with train.device = "cuda" on two ranks (tp=2, pp=2, cp=2; two steps) against
 # the CPU run and the one-GPU emulated run (WAN_EMU_NCCL_TRAIN=0 skips it). GPU_CHECK /
-# WAN_TRAIN override the binaries.
+# WAN_TRAIN override the binaries. Last, a rank stopped mid-run (SIGSTOP) must end the job
+# within train.comm_timeout through the NCCL watchdog.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -122,5 +123,23 @@ EOF2
         rc=$?
         t_check "$par=2 emulated Adam moments equal one emulated GPU's: $(tail -n1 "$T/moments_$par.log")" [ $rc = 0 ]
     done
+    # a rank that stops mid-run (SIGSTOP: alive, silent): the other one is blocked where the host
+    # waits for the GPU; its watchdog must end it within train.comm_timeout, naming the
+    # collective, and the supervisor then ends the job
+    WAN_EMU_NCCL_TIMEOUT=0 "$WAN_TRAIN" "${common[@]}" --nproc 2 --set parallel.tp=2 --set train.device=\"cuda\" \
+        --set train.steps=1000 --set train.comm_timeout=5 --set train.run_dir=\"$T/gpu-stop\" >"$T/stop.log" 2>&1 &
+    job=$!
+    for _ in $(seq 600); do grep -q 'step 1/1000' "$T/stop.log" && break; sleep 0.2; done
+    pid1=$(sed -n 's/.*started 2 local ranks (pids [0-9]*\.\.\([0-9]*\)).*/\1/p' "$T/stop.log" | head -n1)
+    start=$(date +%s)
+    [ -n "$pid1" ] && kill -STOP "$pid1"
+    for _ in $(seq 600); do kill -0 $job 2>/dev/null || break; sleep 0.2; done
+    took=$(($(date +%s) - start))
+    kill -9 $job "$pid1" 2>/dev/null
+    wait $job
+    rc=$?
+    t_check "tp=2 rank 1 stopped after step 1: the job ends in $took s (exit $rc), rank 0 names the stalled collective" \
+        [ -n "$pid1" ] && [ $rc != 0 ] && [ $took -lt 60 ] && grep -q 'NCCL .* on group .*no progress for 5 s (comm_timeout)' "$T/stop.log"
+    grep -q 'no progress for 5 s' "$T/stop.log" || tail -n 20 "$T/stop.log"
 fi
 t_summary
