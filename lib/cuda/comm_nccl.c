@@ -17,9 +17,13 @@
  * and enqueues return at once and are polled against a deadline of comm->timeout_s seconds.
  * The collectives in flight are watched by a thread of their own (one event each, oldest
  * first): when one has made no progress for timeout_s seconds, or NCCL reports an
- * asynchronous error, every communicator of this rank is aborted (ncclCommAbort: the kernels
- * stop, the streams move on) and the transport is poisoned; the next call, flush or download
- * then fails with WAN_ERR_RUNTIME naming the operation and the group.
+ * asynchronous error, the transport is poisoned, the failure logged, and every communicator
+ * of this rank aborted (ncclCommAbort: the kernels stop, the streams move on); the next call,
+ * flush or download then fails with WAN_ERR_RUNTIME naming the operation and the group.
+ * Backstops, where nothing else could end a wait: the watchdog ends the process (exit 1, with
+ * the message) when the host has been inside one NCCL call for the timeout (an enqueue stuck
+ * behind a hung GPU) or has not stopped WAN_NCCL_GRACE_S seconds after a failure. The mutex
+ * is held only for NCCL calls and the ring's bookkeeping, never across stream calls or aborts.
  *
  * What NCCL does not do: tell the other ranks. ncclCommAbort acts on this rank only, and a peer
  * that died or gave up leaves the others spinning with no error (unlike the CPU transport, which
@@ -30,6 +34,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -42,6 +47,7 @@
 #define WAN_NCCL_MAX_COMMS 64 /* world + one per group this rank is in */
 #define WAN_NCCL_DEFAULT_TIMEOUT 600
 #define WAN_NCCL_INFLIGHT 256 /* collectives enqueued and not yet seen complete */
+#define WAN_NCCL_GRACE_S 30   /* after a failure: time the process has to stop by itself */
 
 typedef struct {
     ncclComm_t comm; /* NULL when this rank is not a member */
@@ -66,10 +72,13 @@ typedef struct {
     pthread_cond_t cv;
     bool have_sync, have_watchdog, quit;
     pthread_t watchdog;
+    const char *_Atomic in_call; /* the NCCL call the main thread is in while holding mu (messages) */
     inflight ring[WAN_NCCL_INFLIGHT]; /* [head, tail) in flight, position id at id % size */
     uint64_t head, tail;
     double head_since;    /* when ring[head] became the oldest in flight */
     bool poisoned;
+    bool announced;       /* why was logged or returned to a caller */
+    double poisoned_at;
     char why[768];        /* the first failure, repeated by every later call */
     ncclComm_t comms[WAN_NCCL_MAX_COMMS]; /* world first; aborted or destroyed together */
     int ncomms;
@@ -80,15 +89,26 @@ typedef struct {
 
 static nccl_impl *impl_of(wan_comm *c) { return (nccl_impl *)c->impl; }
 
-/* Abort every communicator (stops kernels that wait for a dead peer) and remember why; mu held. */
-static void poison_locked(nccl_impl *ni, const char *why) {
-    if (ni->poisoned) return;
+/* Mark the transport failed and take its communicators out of use (mu held). Returns how many
+ * it put in out[]: the caller aborts them (abort_comms) after releasing mu, because
+ * ncclCommAbort can take long and nothing may wait for mu meanwhile. No NCCL call touches a
+ * communicator once poisoned is set, so they are the caller's alone. */
+static int poison_take_locked(nccl_impl *ni, const char *why, ncclComm_t *out) {
+    if (ni->poisoned) return 0;
     ni->poisoned = true;
+    ni->poisoned_at = wan_now();
     snprintf(ni->why, sizeof ni->why, "%s", why);
-    for (int i = ni->ncomms - 1; i >= 0; i--)
-        if (ni->comms[i]) (void)ncclCommAbort(ni->comms[i]);
+    int n = ni->ncomms;
+    for (int i = 0; i < n; i++) out[i] = ni->comms[i];
     ni->ncomms = 0;
     if (ni->have_sync) pthread_cond_broadcast(&ni->cv);
+    return n;
+}
+
+/* Abort (stops kernels that wait for a dead peer, the streams move on), newest first. */
+static void abort_comms(ncclComm_t *cs, int n) {
+    for (int i = n - 1; i >= 0; i--)
+        if (cs[i]) (void)ncclCommAbort(cs[i]);
 }
 
 static void lock(nccl_impl *ni) {
@@ -100,9 +120,11 @@ static void unlock(nccl_impl *ni) {
 
 static void poison(wan_comm *c, const char *why) {
     nccl_impl *ni = impl_of(c);
+    ncclComm_t cs[WAN_NCCL_MAX_COMMS];
     lock(ni);
-    poison_locked(ni, why);
+    int n = poison_take_locked(ni, why, cs);
     unlock(ni);
+    abort_comms(cs, n);
 }
 
 /* "allreduce on group tp[0] (member 0 of 2, world rank 0)" */
@@ -120,6 +142,7 @@ static int failed_earlier(wan_comm *c, wan_group *g, const char *op) {
     char what[200];
     describe(what, sizeof what, c, g, op);
     lock(ni);
+    ni->announced = true;
     int rc = wan_fail(WAN_ERR_RUNTIME, "NCCL %s: the transport failed earlier: %s", what, ni->why);
     unlock(ni);
     return rc;
@@ -136,6 +159,7 @@ __attribute__((format(printf, 4, 5))) static int fail_op(wan_comm *c, wan_group 
     describe(what, sizeof what, c, g, op);
     snprintf(msg, sizeof msg, "NCCL %s: %s", what, detail);
     poison(c, msg);
+    impl_of(c)->announced = true; /* the caller reports it */
     return wan_fail(WAN_ERR_RUNTIME, "%s", msg);
 }
 
@@ -169,8 +193,8 @@ static int wait_comm(wan_comm *c, wan_group *g, ncclComm_t comm, const char *op)
     }
 }
 
-/* Start a collective on g: returns with mu held (finish releases it), the communicator in
- * *comm, and the NCCL stream ordered after the compute stream's work so far. */
+/* Start a collective on g: the NCCL stream ordered after the compute stream's work so far;
+ * returns with mu held for the enqueue (finish releases it), the communicator in *comm. */
 static int enter(wan_group *g, const char *op, ncclComm_t *comm) {
     wan_comm *c = g->comm;
     nccl_impl *ni = impl_of(c);
@@ -178,18 +202,18 @@ static int enter(wan_group *g, const char *op, ncclComm_t *comm) {
     if (!ng || !ng->comm)
         return wan_fail(WAN_ERR_RUNTIME, "NCCL %s on group %s[%d]: world rank %d is not a member", op, g->name,
                         g->index, c->rank);
+    /* stream calls outside mu: they can block (a full launch queue behind a stuck collective),
+     * and only this thread uses ready and the NCCL stream */
+    cudaError_t e = cudaEventRecord(ni->ready, ni->compute);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(ni->stream, ni->ready, 0);
+    if (e != cudaSuccess) return fail_op(c, g, op, "ordering after the compute stream: %s", cudaGetErrorString(e));
     lock(ni);
     if (ni->poisoned) {
         unlock(ni);
         return failed_earlier(c, g, op);
     }
     *comm = ng->comm;
-    cudaError_t e = cudaEventRecord(ni->ready, ni->compute);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(ni->stream, ni->ready, 0);
-    if (e != cudaSuccess) {
-        unlock(ni);
-        return fail_op(c, g, op, "ordering after the compute stream: %s", cudaGetErrorString(e));
-    }
+    atomic_store(&ni->in_call, op);
     return 0;
 }
 
@@ -199,6 +223,7 @@ static int enter(wan_group *g, const char *op, ncclComm_t *comm) {
 static int finish(wan_group *g, ncclComm_t comm, ncclResult_t r, const char *op, uint64_t *req) {
     wan_comm *c = g->comm;
     nccl_impl *ni = impl_of(c);
+    atomic_store(&ni->in_call, NULL);
     unlock(ni);
     if (r != ncclSuccess && r != ncclInProgress)
         return fail_op(c, g, op, "%s (%s)", ncclGetErrorString(r), ncclGetLastError(comm));
@@ -211,10 +236,14 @@ static int finish(wan_group *g, ncclComm_t comm, ncclResult_t r, const char *op,
     }
     uint64_t id = ni->tail;
     inflight *f = &ni->ring[id % WAN_NCCL_INFLIGHT];
+    unlock(ni);
+    /* the slot is this thread's until tail moves past it; the record can block (see enter) */
     cudaError_t e = cudaEventRecord(f->done, ni->stream);
-    if (e != cudaSuccess) {
+    if (e != cudaSuccess) return fail_op(c, g, op, "recording its completion: %s", cudaGetErrorString(e));
+    lock(ni);
+    if (ni->poisoned) {
         unlock(ni);
-        return fail_op(c, g, op, "recording its completion: %s", cudaGetErrorString(e));
+        return failed_earlier(c, g, op);
     }
     f->comm = comm;
     describe(f->what, sizeof f->what, c, g, op);
@@ -237,8 +266,9 @@ static int nccl_wait(wan_group *g, uint64_t id) {
     wan_comm *c = g->comm;
     nccl_impl *ni = impl_of(c);
     lock(ni);
-    bool in_flight = id >= ni->head && id < ni->tail;
+    bool in_flight = id >= ni->head && id < ni->tail, bad = ni->poisoned;
     unlock(ni);
+    if (bad) return failed_earlier(c, g, "wait");
     if (!in_flight) return 0; /* completed (or never started): nothing to order */
     cudaError_t e = cudaStreamWaitEvent(ni->compute, ni->ring[id % WAN_NCCL_INFLIGHT].done, 0);
     if (e != cudaSuccess) return fail_op(c, g, "wait", "ordering the compute stream: %s", cudaGetErrorString(e));
@@ -248,6 +278,8 @@ static int nccl_wait(wan_group *g, uint64_t id) {
 /* Block until the watchdog has seen every collective in flight complete, or the transport fail. */
 static int nccl_flush(wan_comm *c) {
     nccl_impl *ni = impl_of(c);
+    ncclComm_t cs[WAN_NCCL_MAX_COMMS];
+    int n = 0;
     lock(ni);
     while (ni->head < ni->tail && !ni->poisoned) pthread_cond_wait(&ni->cv, &ni->mu);
     /* a collective that failed may have let its kernel finish before the error was posted */
@@ -258,24 +290,70 @@ static int nccl_flush(wan_comm *c) {
             char msg[768];
             snprintf(msg, sizeof msg, "NCCL (world rank %d of %d): a collective failed: %s (%s)", c->rank, c->size,
                      ncclGetErrorString(st), ncclGetLastError(ni->comms[i]));
-            poison_locked(ni, msg);
+            n = poison_take_locked(ni, msg, cs);
         }
     }
-    int rc = ni->poisoned ? wan_fail(WAN_ERR_RUNTIME, "%s", ni->why) : 0; /* the failure itself */
+    int rc = 0;
+    if (ni->poisoned) {
+        ni->announced = true;
+        rc = wan_fail(WAN_ERR_RUNTIME, "%s", ni->why); /* the failure itself */
+    }
     unlock(ni);
+    abort_comms(cs, n);
     return rc;
 }
 
+static void deadline_in(struct timespec *ts, double s) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    long ns = ts->tv_nsec + (long)(s * 1e9);
+    ts->tv_sec += ns / 1000000000;
+    ts->tv_nsec = ns % 1000000000;
+}
+
+/* mu for the watchdog, waiting at most a second at a time. The main thread holds mu only
+ * inside an NCCL call; one that has not returned within the timeout (an enqueue stuck behind
+ * a hung GPU) leaves nothing that could end the wait: say so and end the process. */
+static void watchdog_lock(wan_comm *c, nccl_impl *ni) {
+    double since = wan_now();
+    for (;;) {
+        struct timespec ts;
+        deadline_in(&ts, 1.0);
+        if (pthread_mutex_timedlock(&ni->mu, &ts) == 0) return;
+        if (wan_now() - since > timeout_of(c)) {
+            const char *call = atomic_load(&ni->in_call);
+            wan_log(WAN_LOG_ERROR,
+                    "NCCL (world rank %d of %d): the host has been inside NCCL's %s for more than %d s (comm_timeout): "
+                    "a peer is missing, stuck or dead; exiting",
+                    c->rank, c->size, call ? call : "enqueue", timeout_of(c));
+            _exit(WAN_ERR_RUNTIME);
+        }
+    }
+}
+
 /* The watchdog: retires completed collectives in order; aborts everything when the oldest made
- * no progress for the timeout or its communicator reports an error. */
+ * no progress for the timeout or its communicator reports an error. Holds mu except while it
+ * queries an event, sleeps or aborts. */
 static void *watchdog_main(void *arg) {
     wan_comm *c = arg;
     nccl_impl *ni = impl_of(c);
     (void)cudaSetDevice(ni->device); /* the current device is per thread */
     long idle_polls = 0;
-    pthread_mutex_lock(&ni->mu);
+    watchdog_lock(c, ni);
     while (!ni->quit) {
-        if (ni->head == ni->tail || ni->poisoned) {
+        if (ni->poisoned) {
+            /* the run cannot go on: the main thread learns it at its next call, flush or
+             * download and stops; should it be stuck where none comes, end the process */
+            if (wan_now() - ni->poisoned_at > WAN_NCCL_GRACE_S) {
+                wan_log(WAN_LOG_ERROR, "%s; the process did not stop within %d s of it: exiting", ni->why,
+                        WAN_NCCL_GRACE_S);
+                _exit(WAN_ERR_RUNTIME);
+            }
+            struct timespec ts;
+            deadline_in(&ts, 1.0);
+            pthread_cond_timedwait(&ni->cv, &ni->mu, &ts);
+            continue;
+        }
+        if (ni->head == ni->tail) { /* nothing in flight: nothing can hang */
             pthread_cond_wait(&ni->cv, &ni->mu);
             idle_polls = 0;
             continue;
@@ -286,7 +364,8 @@ static void *watchdog_main(void *arg) {
         pthread_mutex_unlock(&ni->mu);
         cudaError_t q = cudaEventQuery(f->done); /* the event is not re-recorded before it retires */
         if (q != cudaSuccess) (void)cudaGetLastError(); /* this thread's copy of "not ready" */
-        pthread_mutex_lock(&ni->mu);
+        watchdog_lock(c, ni);
+        if (ni->quit || ni->poisoned) continue;
         char msg[768];
         if (st != ncclSuccess && st != ncclInProgress) /* also when the kernel gave up and "completed" */
             snprintf(msg, sizeof msg, "NCCL %s: %s (%s)", f->what, ncclGetErrorString(st), ncclGetLastError(f->comm));
@@ -303,15 +382,22 @@ static void *watchdog_main(void *arg) {
                      f->what, timeout_of(c));
         else {
             /* poll briefly at 10 us (short collectives), then every 200 us: a flush learns of the
-             * completion that much later, and the thread costs no core */
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += ++idle_polls < 50 ? 10000 : 200000;
-            if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-            pthread_cond_timedwait(&ni->cv, &ni->mu, &ts);
+             * completion that much later, and the thread costs no core. Without mu: the main
+             * thread may be inside an enqueue that waits for the GPU */
+            pthread_mutex_unlock(&ni->mu);
+            struct timespec ts = {0, ++idle_polls < 50 ? 10000 : 200000};
+            nanosleep(&ts, NULL);
+            watchdog_lock(c, ni);
             continue;
         }
-        poison_locked(ni, msg);
+        ncclComm_t cs[WAN_NCCL_MAX_COMMS];
+        int n = poison_take_locked(ni, msg, cs);
+        ni->announced = true;
+        pthread_mutex_unlock(&ni->mu);
+        /* said now: the main thread may be blocked where it cannot report it soon */
+        wan_log(WAN_LOG_WARN, "%s: aborting this rank's NCCL communicators", msg);
+        abort_comms(cs, n);
+        watchdog_lock(c, ni);
     }
     pthread_mutex_unlock(&ni->mu);
     return NULL;
@@ -325,7 +411,13 @@ static void stop_watchdog(nccl_impl *ni) {
     ni->quit = true;
     pthread_cond_broadcast(&ni->cv);
     pthread_mutex_unlock(&ni->mu);
-    pthread_join(ni->watchdog, NULL);
+    /* an abort that does not return (NCCL can hang there) must not keep the process */
+    struct timespec ts;
+    deadline_in(&ts, 10.0);
+    if (pthread_timedjoin_np(ni->watchdog, NULL, &ts) != 0) {
+        wan_warn("NCCL: the watchdog thread did not stop within 10 s (stuck in ncclCommAbort?); leaving it");
+        pthread_detach(ni->watchdog);
+    }
     ni->have_watchdog = false;
 }
 
@@ -499,7 +591,7 @@ static void nccl_destroy(wan_comm *c) {
         }
         if (wait_comm(c, NULL, ni->comms[i], "destroy (ncclCommFinalize)")) break;
     }
-    if (ni->poisoned) wan_warn("%s", ni->why);
+    if (ni->poisoned && !ni->announced) wan_warn("%s", ni->why);
     else
         for (int i = ni->ncomms - 1; i >= 0; i--) (void)ncclCommDestroy(ni->comms[i]);
     ni->ncomms = 0;
@@ -558,6 +650,10 @@ int wan_comm_nccl_create(wan_bootstrap *b, int device, int timeout_s, void *cuda
     }
     /* no stream given: the CUDA backend's (its stream does not synchronise with stream 0) */
     ni->compute = (cudaStream_t)(cuda_stream ? cuda_stream : wan_cuda_process_stream());
+    if (!ni->compute) {
+        release(c);
+        return wan_fail(WAN_ERR_RUNTIME, "NCCL transport: no compute stream (create the CUDA backend first)");
+    }
 
     int count = 0;
     INIT_CU(cudaGetDeviceCount(&count));

@@ -26,9 +26,11 @@
  * stream counts the task (tests/emu/cudart_emu.c), tasks of one stream run in the order they
  * were queued whatever their communicator, and an event recorded on the stream behind a task
  * is "not ready" until the task ran, which is when cudaStreamWaitEvent lets its caller go on.
- * WAN_EMU_NCCL_LAZY_MS=N makes every stream task start as late as it may: when the caller
- * blocks on it (an event behind it waited for, the stream synchronised) or N ms after its turn
- * came, so that a reader not ordered after it sees stale data. Init, split and finalise are host work: a non-blocking
+ * WAN_EMU_NCCL_LAZY_MS=N makes every stream task read as early and write as late as a GPU
+ * may: what it sends is copied at enqueue (the stream is ordered after the compute so far), and
+ * it runs when the caller blocks on it (an event behind it waited for, the stream
+ * synchronised) or N ms after its turn came; so compute not ordered after a transfer reads
+ * stale data, and a transfer started before its data was final sends stale data. Init, split and finalise are host work: a non-blocking
  * communicator (config.blocking = 0) returns ncclInProgress from them and ncclCommGetAsyncError
  * says ncclInProgress until they are done, so the caller's own deadline governs (comm_nccl.c then
  * calls ncclCommAbort, which returns promptly: the worker checks the abort flag in every wait);
@@ -125,6 +127,7 @@ typedef struct op {
     ncclRedOp_t red;
     int root; /* broadcast root; send/recv peer */
     cudaStream_t stream; /* stream work: collectives, send, recv */
+    void *snapshot;      /* lazy mode: the send data as it was at enqueue (send points here) */
     struct ncclComm *child;
     int color, key;
     size_t done; /* send/recv: bytes moved */
@@ -889,14 +892,42 @@ static ncclResult_t run_task(struct ncclComm *c, task *t) {
     return p2p ? run_p2p(c, t->ops, t->nops) : ncclSuccess;
 }
 
+static int lazy_ms(void) {
+    static _Atomic int v = -1;
+    if (atomic_load(&v) < 0) atomic_store(&v, (int)env_double("WAN_EMU_NCCL_LAZY_MS", 0));
+    return atomic_load(&v);
+}
+
+/* Lazy mode reads as early and writes as late as a GPU may: the data a stream task sends is
+ * taken at enqueue (the stream is ordered after the compute issued so far), its results land
+ * when someone waits for them. */
+static void snapshot_sends(struct ncclComm *c, op *ops, int nops) {
+    for (int i = 0; i < nops; i++) {
+        op *o = &ops[i];
+        if (!o->stream || !o->send) continue;
+        size_t n = o->count * type_size(o->type) * (o->kind == K_REDUCE_SCATTER ? (size_t)c->nranks : 1);
+        if (o->kind != K_ALLREDUCE && o->kind != K_REDUCE_SCATTER && o->kind != K_ALLGATHER &&
+            o->kind != K_BROADCAST && o->kind != K_SEND)
+            continue;
+        void *copy = malloc(n ? n : 1);
+        if (!copy) continue; /* out of memory: reads at run time, as without lazy mode */
+        memcpy(copy, o->send, n);
+        o->snapshot = copy;
+        o->send = copy;
+    }
+}
+
+static void free_ops(op *ops, int nops) {
+    for (int i = 0; i < nops; i++) free(ops[i].snapshot);
+    free(ops);
+}
+
 static int aborting_of(void *arg) { return atomic_load(&((struct ncclComm *)arg)->aborting); }
 
 /* Stream work waits for its turn on the stream (and, lazy, for a caller to need it), runs,
  * completes. */
 static ncclResult_t run_stream_task(struct ncclComm *c, task *t, bool skip, ncclResult_t st) {
-    static _Atomic int lazy_ms = -1;
-    if (atomic_load(&lazy_ms) < 0) atomic_store(&lazy_ms, (int)env_double("WAN_EMU_NCCL_LAZY_MS", 0));
-    wan_emu_stream_wait_turn(t->stream, t->sticket, skip ? 0 : atomic_load(&lazy_ms) / 1000.0, aborting_of, c);
+    wan_emu_stream_wait_turn(t->stream, t->sticket, skip ? 0 : lazy_ms() / 1000.0, aborting_of, c);
     ncclResult_t r = skip ? st : run_task(c, t);
     if (r != ncclSuccess && !skip) { /* the error is posted before the stream moves on */
         pthread_mutex_lock(&c->mu);
@@ -928,7 +959,7 @@ static void *worker_main(void *arg) {
                     atomic_store(&t->ops[i].child->setup_pending, 0);
                 }
         }
-        free(t->ops);
+        free_ops(t->ops, t->nops);
         free(t);
         pthread_mutex_lock(&c->mu);
         if (r != ncclSuccess && !failed) atomic_store(&c->status, r);
@@ -952,11 +983,12 @@ static ncclResult_t submit(struct ncclComm *c, op *ops, int nops, uint64_t *tick
     t->nops = nops;
     t->stream = ops[0].stream;
     t->sticket = 0;
+    if (t->stream && lazy_ms() > 0) snapshot_sends(c, ops, nops);
     pthread_mutex_lock(&c->mu);
     ncclResult_t st = atomic_load(&c->status);
     if ((st != ncclSuccess && st != ncclInProgress) || c->quit || atomic_load(&c->aborting)) {
         pthread_mutex_unlock(&c->mu);
-        free(ops);
+        free_ops(ops, nops);
         free(t);
         return st != ncclSuccess && st != ncclInProgress ? st : ncclInvalidUsage;
     }
@@ -1345,7 +1377,8 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
                 child_failed(t->ops[i].child, ncclInvalidUsage, "the parent was aborted");
                 atomic_store(&t->ops[i].child->setup_pending, 0);
             }
-        free(t->ops);
+        wan_emu_stream_complete(t->stream, t->sticket); /* the aborted kernel lets the stream go on */
+        free_ops(t->ops, t->nops);
         free(t);
         comm->completed++;
     }
