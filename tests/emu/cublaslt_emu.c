@@ -14,6 +14,7 @@
  * where the GPU would silently misbehave instead of failing, a bit stricter: aliasing of D with an
  * input, algorithms reused for another problem). Every rejection prints one line to stderr. */
 #include <cublasLt.h>
+#include "emu.h"
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -521,6 +522,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t op, const
                               const void *C, cublasLtMatrixLayout_t lc, void *D, cublasLtMatrixLayout_t ld,
                               const cublasLtMatmulAlgo_t *algo, void *workspace, size_t ws_bytes, cudaStream_t stream) {
     (void)workspace, (void)stream; /* no workspace needed; everything is synchronous */
+    wan_emu_compute_op();
     problem p;
     cublasStatus_t s = check_problem(__func__, h, op, la, lb, lc, ld, &p);
     if (s != CUBLAS_STATUS_SUCCESS) return s;

@@ -13,6 +13,7 @@
  * The emulated device describes itself as an sm_90 GPU with 80 GB. */
 #include <cuda_runtime_api.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -177,8 +178,13 @@ cudaError_t cudaFreeAsync(void *p, cudaStream_t st) {
     return cudaFree(p);
 }
 
+static _Atomic uint64_t compute_seq; /* device work issued so far (wan_emu_compute_op) */
+
+void wan_emu_compute_op(void) { atomic_fetch_add(&compute_seq, 1); }
+
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
     (void)kind;
+    wan_emu_compute_op();
     if (bytes && (!dst || !src)) return fail(cudaErrorInvalidValue, "cudaMemcpy", "NULL pointer");
     if (bytes) memmove(dst, src, bytes);
     return cudaSuccess;
@@ -190,6 +196,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
 }
 
 cudaError_t cudaMemset(void *p, int value, size_t bytes) {
+    wan_emu_compute_op();
     if (bytes && !p) return fail(cudaErrorInvalidValue, "cudaMemset", "NULL pointer");
     if (bytes) memset(p, value, bytes);
     return cudaSuccess;
@@ -202,6 +209,7 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t st) {
 
 cudaError_t cudaMemset2DAsync(void *p, size_t pitch, int value, size_t width, size_t height, cudaStream_t st) {
     (void)st;
+    wan_emu_compute_op();
     if (width > pitch) return fail(cudaErrorInvalidValue, "cudaMemset2DAsync", "width larger than the pitch");
     for (size_t r = 0; r < height; r++) memset((char *)p + r * pitch, value, width);
     return cudaSuccess;
@@ -215,13 +223,21 @@ struct CUstream_st {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     uint64_t enq, done, wanted;
+    _Atomic uint64_t ordered_upto; /* the device work it waited for (compute_seq) */
 };
 struct CUevent_st {
     int recorded;
     int queried; /* queries since the last record */
     cudaStream_t stream; /* recorded on, and the ticket it waits for (0: nothing queued) */
     uint64_t ticket;
+    uint64_t compute_seq; /* device work issued before the record */
 };
+
+uint64_t wan_emu_stream_unordered(void *stream) {
+    cudaStream_t st = stream;
+    uint64_t now = atomic_load(&compute_seq), upto = st ? atomic_load(&st->ordered_upto) : now;
+    return now > upto ? now - upto : 0;
+}
 
 uint64_t wan_emu_stream_enqueue(void *stream) {
     cudaStream_t st = stream;
@@ -326,6 +342,11 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t st, cudaEvent_t ev, unsigned flags)
     (void)st, (void)flags;
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent", "NULL event");
     if (ev->stream) wait_done(ev->stream, ev->ticket);
+    if (st) {
+        uint64_t cur = atomic_load(&st->ordered_upto);
+        while (ev->compute_seq > cur && !atomic_compare_exchange_weak(&st->ordered_upto, &cur, ev->compute_seq)) {
+        }
+    }
     return cudaSuccess;
 }
 
@@ -348,6 +369,7 @@ cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st) {
     ev->queried = 0;
     ev->stream = st;
     ev->ticket = 0;
+    ev->compute_seq = atomic_load(&compute_seq);
     if (st) {
         pthread_mutex_lock(&st->mu);
         ev->ticket = st->enq;

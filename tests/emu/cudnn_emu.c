@@ -33,6 +33,7 @@
  * WAN_CUDNN_EMU_VERSION=N makes cudnnGetVersion return N (to exercise version-dependent paths).
  * DEVICEPROP descriptors can be created and given attributes but never finalised. */
 #include <cudnn.h>
+#include "emu.h"
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -2139,6 +2140,7 @@ out:
 }
 
 cudnnStatus_t cudnnBackendExecute(cudnnHandle_t handle, cudnnBackendDescriptor_t plan, cudnnBackendDescriptor_t pack) {
+    wan_emu_compute_op();
     TRY(check_handle(handle, "cudnnBackendExecute"));
     if (!is_desc(plan) || ((emu_desc *)plan)->type != CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR ||
         !((emu_desc *)plan)->finalized)

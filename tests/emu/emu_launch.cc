@@ -361,6 +361,7 @@ void run(const char *name, const launch_cfg &c, const std::function<void()> &bod
         abort();
     }
     if (S.in_kernel) die("kernel %s launched from inside a kernel", name);
+    wan_emu_compute_op();
     const char *order = getenv("WAN_EMU_ORDER");
     S.reverse = order && !strcmp(order, "reverse");
     S.in_kernel = true;

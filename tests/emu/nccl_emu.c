@@ -30,7 +30,9 @@
  * may: what it sends is copied at enqueue (the stream is ordered after the compute so far), and
  * it runs when the caller blocks on it (an event behind it waited for, the stream
  * synchronised) or N ms after its turn came; so compute not ordered after a transfer reads
- * stale data, and a transfer started before its data was final sends stale data. Init, split and finalise are host work: a non-blocking
+ * stale data, and a transfer started before its data was final sends stale data. Always: stream
+ * work is refused unless its stream waited for an event recorded after every device operation
+ * the host issued so far (tests/emu/cudart_emu.c counts them), the ordering the other way. Init, split and finalise are host work: a non-blocking
  * communicator (config.blocking = 0) returns ncclInProgress from them and ncclCommGetAsyncError
  * says ncclInProgress until they are done, so the caller's own deadline governs (comm_nccl.c then
  * calls ncclCommAbort, which returns promptly: the worker checks the abort flag in every wait);
@@ -983,6 +985,16 @@ static ncclResult_t submit(struct ncclComm *c, op *ops, int nops, uint64_t *tick
     t->nops = nops;
     t->stream = ops[0].stream;
     t->sticket = 0;
+    uint64_t unordered = t->stream ? wan_emu_stream_unordered(t->stream) : 0;
+    if (unordered) { /* on a GPU it could read its input before the compute wrote it */
+        ncclResult_t r = api_fail(ncclInvalidUsage,
+                                  "%s queued on a stream that is not ordered after the last %llu device operations "
+                                  "(no cudaStreamWaitEvent on an event recorded after them)",
+                                  kind_names[ops[0].kind], (unsigned long long)unordered);
+        free_ops(ops, nops);
+        free(t);
+        return r;
+    }
     if (t->stream && lazy_ms() > 0) snapshot_sends(c, ops, nops);
     pthread_mutex_lock(&c->mu);
     ncclResult_t st = atomic_load(&c->status);
