@@ -57,6 +57,15 @@ int wan_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
     return 0;
 }
 
+int wan_reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+    WAN_TRY(usable(g, "reduce"));
+    WAN_TRY(member(g, "reduce", "root", root));
+    if (g->size == 1 || n == 0) return 0;
+    WAN_TRY(g->comm->ops->reduce(g, buf, n, dt, root));
+    if (g->rank != root) g->bytes_sent += bytes_of(n, dt);
+    return 0;
+}
+
 int wan_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt) {
     WAN_TRY(usable(g, "sendrecv"));
     WAN_TRY(member(g, "sendrecv", "destination", to));

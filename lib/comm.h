@@ -39,7 +39,8 @@ typedef struct wan_group {
      * p = size; nothing on groups of one, on n = 0 or on failure):
      *   allreduce 2 (p-1) B / p (rounded down) | reduce_scatter (p-1) B (B = one member's chunk)
      *   allgather (p-1) B (B = one member's part) | broadcast B, except the root's ring
-     *   predecessor (member root-1 mod p), which sends nothing | sendrecv B (0 when to == rank)
+     *   predecessor (member root-1 mod p), which sends nothing | reduce B, except the root
+     *   (the chain ends there) | sendrecv B (0 when to == rank)
      *   send B | recv 0 | barrier 0 */
     uint64_t bytes_sent;
     void *impl;
@@ -53,6 +54,9 @@ typedef struct wan_comm_ops {
      * recv + rank * n == send (in place) */
     int (*allgather)(wan_group *g, void *recv, const void *send, size_t n, wan_dtype dt);
     int (*broadcast)(wan_group *g, void *buf, size_t n, wan_dtype dt, int root);
+    /* Sum of every member's buf into root's buf (in place); the others' buf are left as they
+     * were. Reductions in member order, like the others. */
+    int (*reduce)(wan_group *g, void *buf, size_t n, wan_dtype dt, int root);
     /* Every member sends n elements to member `to` and receives n from member `from` at once
      * (the ring shift of context parallelism). */
     int (*sendrecv)(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt);
@@ -98,6 +102,7 @@ int wan_allreduce(wan_group *g, void *buf, size_t n, wan_dtype dt, wan_redop op)
 int wan_reduce_scatter(wan_group *g, void *recv, const void *send, size_t n, wan_dtype dt);
 int wan_allgather(wan_group *g, void *recv, const void *send, size_t n, wan_dtype dt);
 int wan_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root);
+int wan_reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root);
 int wan_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt);
 /* sendrecv whose receive buffer (and the send buffer, for writing) is not to be touched by
  * the compute until wan_comm_wait(g, req): on NCCL the transfer overlaps the work issued in

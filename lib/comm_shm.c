@@ -45,9 +45,9 @@
 #define CHECK_INTERVAL_S 0.05 /* how often a sleeping waiter checks abort, peers, deadline */
 
 enum { OP_NONE, OP_ALLREDUCE, OP_REDUCE_SCATTER, OP_ALLGATHER, OP_BROADCAST, OP_SENDRECV,
-       OP_SEND, OP_RECV, OP_BARRIER, OP_MAKE_GROUP, OP_CREATE, OP_COUNT };
+       OP_SEND, OP_RECV, OP_BARRIER, OP_MAKE_GROUP, OP_CREATE, OP_REDUCE, OP_COUNT };
 static const char *op_names[OP_COUNT] = {"nothing", "allreduce", "reduce_scatter", "allgather", "broadcast",
-                                         "sendrecv", "send", "recv", "barrier", "make_group", "create"};
+                                         "sendrecv", "send", "recv", "barrier", "make_group", "create", "reduce"};
 
 typedef struct {
     uint64_t magic;
@@ -464,6 +464,29 @@ static int shm_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int ro
     return group_barrier(g, OP_BROADCAST);
 }
 
+/* Per round: everyone copies its part into its scratch; the root sums them in member order
+ * (its own read in place) into its buffer. */
+static int shm_reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+    WAN_TRY(begin(g, OP_REDUCE, n, dt, root, -1));
+    shm_comm *sc = impl_of(g);
+    if (g->size == 1 || n == 0) return 0;
+    size_t es = wan_dtype_size(dt), per_round = sc->h->chunk / es;
+    const void *src[1024];
+    unsigned char *p = buf;
+    for (size_t off = 0, r = 0; off < n; off += per_round, r++) {
+        int b = (int)(r & 1);
+        size_t m = n - off < per_round ? n - off : per_round;
+        if (g->rank != root) memcpy(scratch_of(sc, g->comm->rank, b), p + off * es, m * es);
+        WAN_TRY(group_barrier(g, OP_REDUCE));
+        if (r == 0) WAN_TRY(check_call(g, OP_REDUCE));
+        if (g->rank == root) {
+            for (int j = 0; j < g->size; j++) src[j] = j == root ? p + off * es : scratch_of(sc, g->ranks[j], b);
+            reduce(p + off * es, NULL, src, g->size, m, dt, WAN_RED_SUM);
+        }
+    }
+    return group_barrier(g, OP_REDUCE);
+}
+
 static int shm_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt) {
     WAN_TRY(begin(g, OP_SENDRECV, n, dt, 0, to));
     shm_comm *sc = impl_of(g);
@@ -665,6 +688,7 @@ static const wan_comm_ops shm_ops = {
     .reduce_scatter = shm_reduce_scatter,
     .allgather = shm_allgather,
     .broadcast = shm_broadcast,
+    .reduce = shm_reduce,
     .sendrecv = shm_sendrecv,
     .send = shm_send,
     .recv = shm_recv,

@@ -462,6 +462,13 @@ static int nccl_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int r
     return finish(g, comm, r, "broadcast", NULL);
 }
 
+static int nccl_reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+    ncclComm_t comm = NULL;
+    WAN_TRY(enter(g, "reduce", &comm));
+    ncclResult_t r = ncclReduce(buf, buf, n, nccl_type(dt), ncclSum, root, comm, impl_of(g->comm)->stream);
+    return finish(g, comm, r, "reduce", NULL);
+}
+
 static int sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
                     uint64_t *req) {
     ncclComm_t comm = NULL;
@@ -603,6 +610,7 @@ static const wan_comm_ops nccl_ops = {
     .reduce_scatter = nccl_reduce_scatter,
     .allgather = nccl_allgather,
     .broadcast = nccl_broadcast,
+    .reduce = nccl_reduce,
     .sendrecv = nccl_sendrecv,
     .sendrecv_start = nccl_sendrecv_start,
     .wait = nccl_wait,

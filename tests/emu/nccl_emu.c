@@ -46,8 +46,8 @@
  * WAN_EMU_NCCL_CHAN_BYTES (the creator's values hold for everyone; small values test the
  * chunking).
  *
- * Not emulated: fp8 reductions, user-defined reduction operations, ncclReduce and the other calls
- * comm_nccl.c does not use. */
+ * Not emulated: fp8 reductions, user-defined reduction operations and the calls comm_nccl.c
+ * does not use. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -83,10 +83,11 @@
 /* ---------------------------------------------------------------- shared layout */
 
 enum { K_NONE, K_INIT, K_ALLREDUCE, K_REDUCE_SCATTER, K_ALLGATHER, K_BROADCAST, K_SEND, K_RECV, K_SPLIT, K_FINALIZE,
-       K_COUNT };
+       K_REDUCE, K_COUNT };
 static const char *const kind_names[K_COUNT] = {
     "nothing",       "ncclCommInitRank", "ncclAllReduce", "ncclReduceScatter", "ncclAllGather",
-    "ncclBroadcast", "ncclSend",         "ncclRecv",      "ncclCommSplit",     "ncclCommFinalize"};
+    "ncclBroadcast", "ncclSend",         "ncclRecv",      "ncclCommSplit",     "ncclCommFinalize",
+    "ncclReduce"};
 
 typedef struct {
     uint64_t magic;
@@ -636,8 +637,8 @@ static ncclResult_t check_same(struct ncclComm *c, const op *o) {
 static void publish(struct ncclComm *c, const op *o) {
     rank_info *me = info_of(c, c->rank);
     me->type = o->kind == K_SPLIT ? 0 : (int)o->type;
-    me->red = o->kind == K_ALLREDUCE || o->kind == K_REDUCE_SCATTER ? (int)o->red : 0;
-    me->root = o->kind == K_BROADCAST ? o->root : 0;
+    me->red = o->kind == K_ALLREDUCE || o->kind == K_REDUCE_SCATTER || o->kind == K_REDUCE ? (int)o->red : 0;
+    me->root = o->kind == K_BROADCAST || o->kind == K_REDUCE ? o->root : 0;
     me->count = o->kind == K_SPLIT ? 0 : o->count;
     me->color = o->color;
     me->key = o->key;
@@ -649,7 +650,7 @@ static ncclResult_t run_collective(struct ncclComm *c, const op *o) {
     const char *what = kind_names[o->kind];
     int n = c->nranks, me = c->rank;
     size_t es = type_size(o->type), slot = c->seg->slot_bytes, total = o->count;
-    if (o->kind == K_BROADCAST && (o->root < 0 || o->root >= n))
+    if ((o->kind == K_BROADCAST || o->kind == K_REDUCE) && (o->root < 0 || o->root >= n))
         return comm_fail(c, ncclInvalidArgument, false, "%s: root %d is not a rank of %d", what, o->root, n);
     size_t per = o->kind == K_REDUCE_SCATTER ? slot / ((size_t)n * es) : slot / es; /* elements per rank per round */
     char *in[MAX_RANKS];
@@ -663,6 +664,7 @@ static ncclResult_t run_collective(struct ncclComm *c, const op *o) {
         /* in: this rank's part of the round */
         switch (len ? o->kind : K_NONE) {
         case K_ALLREDUCE:
+        case K_REDUCE:
         case K_ALLGATHER: memcpy(in[me], (const char *)o->send + off * es, len * es); break;
         case K_REDUCE_SCATTER:
             for (int j = 0; j < n; j++)
@@ -679,6 +681,9 @@ static ncclResult_t run_collective(struct ncclComm *c, const op *o) {
         /* out: what this rank needs from every slot */
         switch (len ? o->kind : K_NONE) {
         case K_ALLREDUCE: reduce((char *)o->recv + off * es, in, n, 0, len, o->type, o->red); break;
+        case K_REDUCE:
+            if (me == o->root) reduce((char *)o->recv + off * es, in, n, 0, len, o->type, o->red);
+            break;
         case K_REDUCE_SCATTER: reduce((char *)o->recv + off * es, in, n, (size_t)me * len, len, o->type, o->red); break;
         case K_ALLGATHER:
             for (int j = 0; j < n; j++) memcpy((char *)o->recv + ((size_t)j * total + off) * es, in[j], len * es);
@@ -883,7 +888,8 @@ static ncclResult_t run_task(struct ncclComm *c, task *t) {
         case K_ALLREDUCE:
         case K_REDUCE_SCATTER:
         case K_ALLGATHER:
-        case K_BROADCAST: r = run_collective(c, o); break;
+        case K_BROADCAST:
+        case K_REDUCE: r = run_collective(c, o); break;
         case K_SPLIT: r = run_split(c, o); break;
         case K_SEND:
         case K_RECV: p2p = true; break;
@@ -909,7 +915,7 @@ static void snapshot_sends(struct ncclComm *c, op *ops, int nops) {
         if (!o->stream || !o->send) continue;
         size_t n = o->count * type_size(o->type) * (o->kind == K_REDUCE_SCATTER ? (size_t)c->nranks : 1);
         if (o->kind != K_ALLREDUCE && o->kind != K_REDUCE_SCATTER && o->kind != K_ALLGATHER &&
-            o->kind != K_BROADCAST && o->kind != K_SEND)
+            o->kind != K_BROADCAST && o->kind != K_SEND && o->kind != K_REDUCE)
             continue;
         void *copy = malloc(n ? n : 1);
         if (!copy) continue; /* out of memory: reads at run time, as without lazy mode */
@@ -1448,6 +1454,14 @@ ncclResult_t ncclBroadcast(const void *s, void *r, size_t n, ncclDataType_t t, i
     ncclResult_t e = check_op(c, "ncclBroadcast", n, t, -1, r != NULL);
     if (e) return e;
     op o = {.kind = K_BROADCAST, .stream = st, .send = s, .recv = r, .count = n, .type = t, .root = root};
+    return issue(c, &o);
+}
+
+ncclResult_t ncclReduce(const void *s, void *r, size_t n, ncclDataType_t t, ncclRedOp_t red, int root, ncclComm_t c,
+                        cudaStream_t st) {
+    ncclResult_t e = check_op(c, "ncclReduce", n, t, (int)red, s != NULL);
+    if (e) return e;
+    op o = {.kind = K_REDUCE, .stream = st, .send = s, .recv = r, .count = n, .type = t, .red = red, .root = root};
     return issue(c, &o);
 }
 

@@ -166,6 +166,25 @@ static void check_group(wan_group *g, size_t n, wan_dtype dt, int t) {
         EXPECT(!memcmp(buf, ref, n * es), "broadcast from %d %s n=%zu on %s[%d]: wrong", root, dn, n, g->name,
                g->index);
     }
+    /* reduce to the last member and to member 0: the root gets the member-order sum, the others
+     * keep their input */
+    for (int k = 0; k < 2; k++) {
+        int root = k ? 0 : g->size - 1;
+        input(x, n, t + 6, wr, 0);
+        to_dtype(buf, x, n, dt);
+        to_dtype(out, x, n, dt);
+        uint64_t before = g->bytes_sent;
+        CALL(wan_reduce(g, buf, n, dt, root));
+        if (g->rank == root) {
+            ref_reduce(ref, g, n, 0, n, t + 6, dt, WAN_RED_SUM);
+            EXPECT(!memcmp(buf, ref, n * es), "reduce to %d %s n=%zu on %s[%d]: differs from the member-order reference",
+                   root, dn, n, g->name, g->index);
+        } else
+            EXPECT(!memcmp(buf, out, n * es), "reduce to %d %s n=%zu on %s[%d]: a non-root buffer changed", root, dn, n,
+                   g->name, g->index);
+        EXPECT(g->bytes_sent - before == (p > 1 && g->rank != root ? n * es : 0), "reduce bytes_sent %llu",
+               (unsigned long long)(g->bytes_sent - before));
+    }
     /* ring shift: send to the next member, receive from the previous one */
     {
         int to = (g->rank + 1) % g->size, from = (g->rank + g->size - 1) % g->size;

@@ -821,6 +821,18 @@ static int nccl_collectives(wan_group *g, size_t n) {
     for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[p - 1], 0, i);
     free(h);
     nexpect(ok, "broadcast", g);
+    /* reduce (f32 sum) to the last member: the others keep their input */
+    nput(buf, WAN_F32, n, nf, &me);
+    WAN_TRY(op->reduce(g, buf, n, WAN_F32, p - 1));
+    h = nget(buf, WAN_F32, n);
+    ok = true;
+    for (size_t i = 0; i < n; i++) {
+        float want = 0;
+        for (int m = 0; m < p; m++) want += nval(g->ranks[m], 0, i);
+        ok &= h[i] == (r == p - 1 ? want : nval(g->ranks[r], 0, i));
+    }
+    free(h);
+    nexpect(ok, "reduce", g);
     /* sendrecv around the ring (to itself in a group of one) */
     nput(buf, WAN_F32, n, nf, &me);
     WAN_TRY(op->sendrecv(g, buf, (r + 1) % p, buf2, (r + p - 1) % p, n, WAN_F32));

@@ -51,8 +51,8 @@ static int m_barrier(wan_group *g) {
     return 0;
 }
 static const wan_comm_ops mock_ops = {.allreduce = m_allreduce, .reduce_scatter = m_rs, .allgather = m_rs,
-                                      .broadcast = m_bcast, .sendrecv = m_sendrecv, .send = m_p2p,
-                                      .recv = m_recv, .barrier = m_barrier};
+                                      .broadcast = m_bcast, .reduce = m_bcast, .sendrecv = m_sendrecv,
+                                      .send = m_p2p, .recv = m_recv, .barrier = m_barrier};
 
 static wan_comm mock_comm = {.ops = &mock_ops, .rank = 5, .size = 8};
 
@@ -77,7 +77,7 @@ static int m_flush(wan_comm *c) {
     return 0;
 }
 static const wan_comm_ops async_ops = {.allreduce = m_allreduce, .reduce_scatter = m_rs, .allgather = m_rs,
-                                       .broadcast = m_bcast, .sendrecv = m_sendrecv, .send = m_p2p,
+                                       .broadcast = m_bcast, .reduce = m_bcast, .sendrecv = m_sendrecv, .send = m_p2p,
                                        .recv = m_recv, .barrier = m_barrier, .sendrecv_start = m_start,
                                        .wait = m_wait, .flush = m_flush};
 static wan_comm async_comm = {.ops = &async_ops, .rank = 5, .size = 8};
@@ -110,6 +110,13 @@ static void test_wrappers_bytes(void) {
     CHECK(g.bytes_sent == 0);
     CHECK(wan_broadcast(&g, buf, 5, WAN_F32, 2) == 0);
     CHECK(g.bytes_sent == 20);
+    /* reduce: everyone but the root sends its buffer */
+    g.bytes_sent = 0;
+    CHECK(wan_reduce(&g, buf, 5, WAN_F32, 2) == 0); /* this member (2) is the root */
+    CHECK(g.bytes_sent == 0);
+    CHECK(wan_reduce(&g, buf, 5, WAN_BF16, 0) == 0);
+    CHECK(g.bytes_sent == 10);
+    CHECK(wan_reduce(&g, buf, 5, WAN_F32, 4) == WAN_ERR_USAGE); /* no member 4 */
     g.bytes_sent = 0;
     CHECK(wan_sendrecv(&g, buf, 3, buf + 8, 1, 6, WAN_F32) == 0);
     CHECK(g.bytes_sent == 24);
@@ -118,7 +125,7 @@ static void test_wrappers_bytes(void) {
     CHECK(wan_recv(&g, buf, 6, WAN_BF16, 0) == 0);
     CHECK(g.bytes_sent == 36);
     CHECK(wan_barrier(&g) == 0);
-    CHECK(mock_calls == 10);
+    CHECK(mock_calls == 12);
     /* a failed call counts nothing */
     mock_fail = 1;
     g.bytes_sent = 0;
