@@ -92,6 +92,19 @@ int wan_sendrecv_start(wan_group *g, const void *send, int to, void *recv, int f
     return 0;
 }
 
+int wan_reduce_start(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req) {
+    req->started = false;
+    req->id = 0;
+    if (!g || !g->comm || !g->comm->ops || !g->comm->ops->reduce_start) return wan_reduce(g, buf, n, dt, root);
+    WAN_TRY(usable(g, "reduce"));
+    WAN_TRY(member(g, "reduce", "root", root));
+    if (g->size == 1 || n == 0) return 0;
+    WAN_TRY(g->comm->ops->reduce_start(g, buf, n, dt, root, &req->id));
+    req->started = true;
+    if (g->rank != root) g->bytes_sent += bytes_of(n, dt);
+    return 0;
+}
+
 int wan_comm_wait(wan_group *g, wan_comm_req *req) {
     if (!req->started) return 0;
     req->started = false;

@@ -665,6 +665,7 @@ int wan_model_backward(wan_model *m) {
             WAN_TRY(rc);
         }
         WAN_TRY(wan_block_backward(m, l, k));
+        if (m->grads_final && m->block_grads_done) WAN_TRY(m->block_grads_done(m->block_grads_ctx, l));
     }
     if (!m->first) return 0; /* the previous stage goes on from dx (wan_pipe_send_backward) */
 
@@ -677,14 +678,15 @@ int wan_model_backward(wan_model *m) {
     return 0;
 }
 
-int wan_model_reduce_tp_grads(wan_model *m) {
+int wan_model_reduce_tp_grads(wan_model *m, int layer) {
     /* With sequence parallelism each tp rank saw only its rows, so the gradients of parameters
      * that tp replicates are partial sums. (Without sp they are already identical; the text
      * embedding's was reduced through its input gradient.) */
     if (!m->dist->sp) return 0;
     for (int i = 0; i < m->ps.n; i++) {
         const wan_param *p = &m->ps.p[i];
-        if (!p->present || p->shard != WAN_SHARD_NONE || !strncmp(p->name, "text_embedding.", 15)) continue;
+        if (!p->present || p->layer != layer || p->shard != WAN_SHARD_NONE || !strncmp(p->name, "text_embedding.", 15))
+            continue;
         WAN_TRY(wan_allreduce(&m->dist->tp_g, GRAD(m, p->offset), (size_t)p->numel, WAN_F32, WAN_RED_SUM));
     }
     return 0;

@@ -113,6 +113,12 @@ typedef struct wan_model {
     size_t pipe_in_bytes;
     wan_shape pipe_in_sh;
     bool pipe_in_full;
+    /* Set for the step's last backward on this stage: after block l's backward its gradients
+     * are complete and block_grads_done(ctx, l) is called (the optimizer starts reducing them
+     * while the blocks below compute). */
+    bool grads_final;
+    int (*block_grads_done)(void *ctx, int layer);
+    void *block_grads_ctx;
 } wan_model;
 
 /* Inputs of one micro-batch (host memory). With noise and sigma the model sees
@@ -167,8 +173,9 @@ int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, fl
 /* Backward of the micro-batch last run forward: accumulates into m->g. */
 int wan_model_backward(wan_model *m);
 /* After the last micro-batch's backward: reduce gradients that tensor parallelism leaves
- * partial (replicated parameters with sp). */
-int wan_model_reduce_tp_grads(wan_model *m);
+ * partial (replicated parameters with sp), of block `layer`'s parameters, or of those outside
+ * the blocks (layer -1). */
+int wan_model_reduce_tp_grads(wan_model *m, int layer);
 
 /* Copy parameters between the backend buffer and host fp32 (this rank's flat buffer). */
 void wan_model_get_params(wan_model *m, float *host);

@@ -1,10 +1,12 @@
 #include "optim.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "log.h"
 #include "model_internal.h"
 
 static void add_segments(wan_optim *o) {
@@ -21,15 +23,105 @@ static void add_segments(wan_optim *o) {
 }
 
 /* Bytes of each optimizer buffer, in the order they are taken from the model's state:
- * master, mom1, mom2 [slice], gshard [slice] (none with one shard: it aliases the gradients),
- * scratch [4 x world]. */
+ * master, mom1, mom2 [slice], gshard [slice] (none: the reductions land in the gradients'
+ * own slice, which gshard aliases), scratch [4 x world]. */
 static void state_sizes(const wan_model *m, int64_t *lo, int64_t *hi, size_t sz[5]) {
     const wan_dist *d = m->dist;
     wan_zero_range(m->ps.total, d->dpcp_g.size, d->dpcp_g.rank, lo, hi);
     size_t n = (size_t)(*hi - *lo) * sizeof(float);
     sz[0] = sz[1] = sz[2] = n;
-    sz[3] = d->dpcp_g.size == 1 ? 0 : n;
+    sz[3] = 0;
     sz[4] = 4 * (size_t)d->world * sizeof(float);
+}
+
+/* Each block's run of the flat buffer; none anywhere when they are not one run each, in
+ * block order (then everything is reduced at the step). */
+static int block_ranges(wan_optim *o) {
+    wan_model *m = o->m;
+    o->l0 = m->l0, o->l1 = m->l1;
+    int nb = o->l1 - o->l0 > 0 ? o->l1 - o->l0 : 0;
+    o->blk_lo = calloc((size_t)nb + 1, sizeof *o->blk_lo);
+    o->blk_hi = calloc((size_t)nb + 1, sizeof *o->blk_hi);
+    o->blk_started = calloc((size_t)nb + 1, sizeof *o->blk_started);
+    if (!o->blk_lo || !o->blk_hi || !o->blk_started) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
+    bool ok = true;
+    for (int b = 0; b < nb; b++) {
+        int64_t lo = INT64_MAX, hi = -1, numel = 0;
+        for (int i = 0; i < m->ps.n; i++) {
+            const wan_param *p = &m->ps.p[i];
+            if (!p->present || p->layer != o->l0 + b) continue;
+            lo = p->offset < lo ? p->offset : lo;
+            hi = p->offset + p->numel > hi ? p->offset + p->numel : hi;
+            numel += p->numel;
+        }
+        o->blk_lo[b] = lo, o->blk_hi[b] = hi;
+        if (hi < 0 || (b > 0 && lo < o->blk_hi[b - 1])) ok = false;
+    }
+    /* a run holds nothing but its block's parameters (and alignment padding) */
+    for (int i = 0; i < m->ps.n && ok; i++) {
+        const wan_param *p = &m->ps.p[i];
+        if (!p->present) continue;
+        for (int b = 0; b < nb; b++)
+            if (p->layer != o->l0 + b && p->offset < o->blk_hi[b] && p->offset + p->numel > o->blk_lo[b]) ok = false;
+    }
+    if (!ok)
+        for (int b = 0; b < nb; b++) o->blk_lo[b] = o->blk_hi[b] = 0;
+    return 0;
+}
+
+/* Start the reduction of [a, b) over dp x cp: each piece to the member whose slice holds it. */
+static int reduce_range(wan_optim *o, int64_t a, int64_t b) {
+    wan_group *g = &o->m->dist->dpcp_g;
+    if (g->size == 1) return 0;
+    for (int k = 0; k < g->size && a < b; k++) {
+        int64_t lo, hi;
+        wan_zero_range(o->m->ps.total, g->size, k, &lo, &hi);
+        int64_t x = a > lo ? a : lo, y = b < hi ? b : hi;
+        if (x >= y) continue;
+        if (o->nreq == o->req_cap) {
+            int cap = o->req_cap ? 2 * o->req_cap : 64;
+            wan_comm_req *r = realloc(o->reqs, (size_t)cap * sizeof *r);
+            if (!r) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
+            o->reqs = r, o->req_cap = cap;
+        }
+        WAN_TRY(wan_reduce_start(g, o->m->g + x, (size_t)(y - x), WAN_F32, k, &o->reqs[o->nreq++]));
+    }
+    return 0;
+}
+
+int wan_optim_block_grads_done(void *ctx, int layer) {
+    wan_optim *o = ctx;
+    int b = layer - o->l0;
+    WAN_ASSERT(b >= 0 && b < o->l1 - o->l0 && !o->blk_started[b]);
+    WAN_TRY(wan_model_reduce_tp_grads(o->m, layer));
+    o->blk_started[b] = true;
+    return o->blk_lo[b] < o->blk_hi[b] ? reduce_range(o, o->blk_lo[b], o->blk_hi[b]) : 0;
+}
+
+/* What the blocks did not start: their tensor-parallel sums, then every gap between started
+ * runs over dp x cp; then wait for all of it. */
+static int reduce_rest(wan_optim *o) {
+    wan_model *m = o->m;
+    for (int l = o->l0; l < o->l1; l++)
+        if (!o->blk_started[l - o->l0]) WAN_TRY(wan_model_reduce_tp_grads(m, l));
+    WAN_TRY(wan_model_reduce_tp_grads(m, -1));
+    int early = 0;
+    for (int b = 0; b < o->l1 - o->l0; b++) early += o->blk_started[b] && o->blk_lo[b] < o->blk_hi[b];
+    if (o->step == 0 && m->dist->dpcp_g.size > 1)
+        wan_info("gradient reduction over dp x cp (%d ranks): %d of %d blocks started under the backward",
+                 m->dist->dpcp_g.size, early, o->l1 - o->l0);
+    int64_t at = 0;
+    for (int b = 0; b < o->l1 - o->l0; b++) {
+        if (!o->blk_started[b] || o->blk_lo[b] >= o->blk_hi[b]) continue;
+        WAN_TRY(reduce_range(o, at, o->blk_lo[b]));
+        at = o->blk_hi[b];
+    }
+    WAN_TRY(reduce_range(o, at, m->ps.total));
+    wan_group *g = &m->dist->dpcp_g;
+    for (int i = 0; i < o->nreq; i++) WAN_TRY(wan_comm_wait(g, &o->reqs[i]));
+    o->nreq = 0;
+    for (int b = 0; b < o->l1 - o->l0; b++) o->blk_started[b] = false;
+    return 0;
 }
 
 size_t wan_optim_state_bytes(const wan_model *m) {
@@ -51,12 +143,13 @@ int wan_optim_create(wan_optim *o, wan_model *m, const wan_train_cfg *t) {
     o->master = wan_model_state_take(m, sz[0]);
     o->mom1 = wan_model_state_take(m, sz[1]);
     o->mom2 = wan_model_state_take(m, sz[2]);
-    o->gshard = sz[3] ? wan_model_state_take(m, sz[3]) : m->g + o->lo;
+    o->gshard = m->g + o->lo;
     o->scratch = wan_model_state_take(m, sz[4]);
     if (!o->master || !o->mom1 || !o->mom2 || !o->gshard || !o->scratch)
         return wan_fail(WAN_ERR_RUNTIME, "wan_optim_create: the model was created without room for the optimizer "
                         "state (with_optimizer = false)");
     add_segments(o);
+    WAN_TRY(block_ranges(o));
     wan_optim_reset_masters(o);
     return 0;
 }
@@ -70,6 +163,7 @@ void wan_optim_reset_masters(wan_optim *o) {
 /* The buffers belong to the model's state allocation, freed with the model. */
 void wan_optim_destroy(wan_optim *o) {
     free(o->seg);
+    free(o->blk_lo), free(o->blk_hi), free(o->blk_started), free(o->reqs);
     memset(o, 0, sizeof *o);
 }
 
@@ -110,7 +204,7 @@ int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out) {
     wan_backend *be = m->be;
     wan_dist *d = m->dist;
     size_t n = (size_t)(o->hi - o->lo);
-    if (d->dpcp_g.size > 1) WAN_TRY(wan_reduce_scatter(&d->dpcp_g, o->gshard, m->g, n, WAN_F32));
+    WAN_TRY(reduce_rest(o));
 
     /* global norm: every element once (tp-replicated tensors counted on tp rank 0), one sum per
      * run of adjacent counted segments (one for the whole shard on tp rank 0): each sum is a

@@ -1,7 +1,11 @@
-/* AdamW with a distributed optimizer (ZeRO-1): gradients are reduce-scattered over dp x cp,
- * each rank keeps the fp32 master weights and both moments of its slice of the flat buffer
- * only, updates them, and the new weights are all-gathered. Decay on matrices only;
- * global-norm clipping; warm-up then constant or cosine learning rate. */
+/* AdamW with a distributed optimizer (ZeRO-1): gradients are summed over dp x cp into the
+ * rank whose slice of the flat buffer holds them (reductions to each slice's owner: what a
+ * reduce-scatter does, in pieces that can start early), each rank keeps the fp32 master weights
+ * and both moments of its slice only, updates them, and the new weights are all-gathered.
+ * A block's gradients start their reduction as soon as the step's last backward has passed the
+ * block (wan_optim_block_grads_done), under the backward of the blocks below; the rest at the
+ * step. Decay on matrices only; global-norm clipping; warm-up then constant or cosine learning
+ * rate. */
 #ifndef WAN_OPTIM_H
 #define WAN_OPTIM_H
 
@@ -9,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "config.h"
 #include "model.h"
 
@@ -31,6 +36,14 @@ typedef struct {
     wan_optim_segment *seg;
     int nseg;
     int step;            /* optimizer steps taken */
+    /* Early reduction: the pipeline stage's blocks [l0, l1), each one's range of the flat
+     * buffer (empty when its parameters are not one run), whether it was started this step,
+     * and the reductions started, to be waited for at the step. */
+    int l0, l1;
+    int64_t *blk_lo, *blk_hi;
+    bool *blk_started;
+    wan_comm_req *reqs;
+    int nreq, req_cap;
 } wan_optim;
 
 /* Bytes the optimizer takes from the model's state allocation (wan_model_create reserves them
@@ -41,8 +54,11 @@ size_t wan_optim_state_bytes(const wan_model *m);
 int wan_optim_create(wan_optim *o, wan_model *m, const wan_train_cfg *t);
 void wan_optim_destroy(wan_optim *o);
 double wan_optim_lr(const wan_optim *o, int step); /* learning rate of step (1-based) */
-/* Reduce gradients, clip, update, gather weights, zero gradients. Returns the global gradient
- * norm before clipping. */
+/* The model's block_grads_done hook (ctx: the optimizer): block `layer`'s gradients are
+ * complete; start their reduction (tensor-parallel partial sums, then over dp x cp). */
+int wan_optim_block_grads_done(void *ctx, int layer);
+/* Reduce the gradients not reduced yet, clip, update, gather weights, zero gradients. Returns
+ * the global gradient norm before clipping. */
 int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out);
 /* Re-read the masters from the model's weights (after loading weights without optimizer state). */
 void wan_optim_reset_masters(wan_optim *o);

@@ -91,6 +91,8 @@ static int setup(job *j, const wan_train_opts *opts) {
     wan_model_set_params(&j->model, init);
     free(init);
     WAN_TRY(wan_optim_create(&j->opt, &j->model, &cfg->train));
+    j->model.block_grads_done = wan_optim_block_grads_done;
+    j->model.block_grads_ctx = &j->opt;
 
     if (cfg->train.ckpt_dir[0]) snprintf(j->ckpt_root, sizeof j->ckpt_root, "%s", cfg->train.ckpt_dir);
     else snprintf(j->ckpt_root, sizeof j->ckpt_root, "%.900s/checkpoints", cfg->train.run_dir);
@@ -189,10 +191,15 @@ static int forward_send(job *j, mb_input *u, int i, int K, double *local) {
     return wan_pipe_send_forward(m);
 }
 
-static int recv_backward(job *j, int i, int K) {
+/* last: the step's last backward on this stage, during which the optimizer starts reducing
+ * each block's gradients once they are complete */
+static int recv_backward(job *j, int i, int K, bool last) {
     WAN_TRY(wan_model_use_slot(&j->model, i % K, K));
     WAN_TRY(wan_pipe_recv_backward(&j->model));
-    return wan_model_backward(&j->model);
+    j->model.grads_final = last;
+    int rc = wan_model_backward(&j->model);
+    j->model.grads_final = false;
+    return rc;
 }
 
 static int send_backward(job *j, int i, int K) {
@@ -224,18 +231,17 @@ static int train_step(job *j, int step, double *loss, int *seq_len) {
     if (!rc && warm < M) rc = load_recv(j, step, &u);
     for (int i = warm; i < M && !rc; i++) {
         rc = forward_send(j, &u, i, K, &local);
-        if (!rc) rc = recv_backward(j, i - warm, K);
+        if (!rc) rc = recv_backward(j, i - warm, K, i - warm == M - 1);
         if (!rc && i + 1 < M) rc = load_recv(j, step, &u);
         if (!rc) rc = send_backward(j, i - warm, K);
     }
     for (int b = M - warm; b < M && !rc; b++) {
-        rc = recv_backward(j, b, K);
+        rc = recv_backward(j, b, K, b == M - 1);
         if (!rc) rc = send_backward(j, b, K);
     }
     *seq_len = j->model.sh.S;
     mb_input_free(&u);
     if (rc) return rc;
-    WAN_TRY(wan_model_reduce_tp_grads(&j->model));
     /* the loss: partial over dp x cp (and tp with sp); tp ranks without sp hold copies; only
      * the last pipeline stage has it */
     wan_backend *be = j->rt.be;

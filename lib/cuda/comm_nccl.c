@@ -2,7 +2,10 @@
  * shared through the bootstrap's key-value exchange (PMI2 under srun), one communicator for the
  * world and one per group from ncclCommSplit.
  *
- * Ordering: collectives run on their own stream. The compute stream is the one passed to
+ * Ordering: collectives run on streams of their own: one for the world and the model's
+ * parallelism (tp, cp, pp), one for the data-parallel groups (dp, dpcp), whose gradient
+ * reductions run under the backward and must not hold up the transfers the compute waits for
+ * (NCCL runs the operations of one stream in order). The compute stream is the one passed to
  * wan_comm_nccl_create, or, when that is NULL, the stream of the CUDA backend made in this
  * process (so create the backend first). Before each, an event recorded on the compute
  * stream makes the NCCL stream wait for the data; after it, an event recorded on the NCCL stream
@@ -50,7 +53,8 @@
 #define WAN_NCCL_GRACE_S 30   /* after a failure: time the process has to stop by itself */
 
 typedef struct {
-    ncclComm_t comm; /* NULL when this rank is not a member */
+    ncclComm_t comm;     /* NULL when this rank is not a member */
+    cudaStream_t stream; /* the transport's stream its collectives run on */
 } nccl_group;
 
 /* A collective in flight: completion event, what to call it in a message. */
@@ -63,7 +67,10 @@ typedef struct {
 typedef struct {
     int device;
     cudaStream_t compute; /* the caller's stream (the backend's) */
-    cudaStream_t stream;  /* collectives */
+    cudaStream_t stream;  /* collectives of the model's parallelism (tp, cp, pp) and the world */
+    cudaStream_t bg_stream; /* data-parallel ones (dp, dpcp): the gradient reductions that run
+                             * under the backward must not queue in front of the transfers the
+                             * compute waits for */
     cudaEvent_t ready;
     float *barrier_buf;   /* one float on the device */
     /* mu guards the fields below and every NCCL call on the communicators (the watchdog may
@@ -205,7 +212,7 @@ static int enter(wan_group *g, const char *op, ncclComm_t *comm) {
     /* stream calls outside mu: they can block (a full launch queue behind a stuck collective),
      * and only this thread uses ready and the NCCL stream */
     cudaError_t e = cudaEventRecord(ni->ready, ni->compute);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(ni->stream, ni->ready, 0);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(ng->stream, ni->ready, 0);
     if (e != cudaSuccess) return fail_op(c, g, op, "ordering after the compute stream: %s", cudaGetErrorString(e));
     lock(ni);
     if (ni->poisoned) {
@@ -238,7 +245,7 @@ static int finish(wan_group *g, ncclComm_t comm, ncclResult_t r, const char *op,
     inflight *f = &ni->ring[id % WAN_NCCL_INFLIGHT];
     unlock(ni);
     /* the slot is this thread's until tail moves past it; the record can block (see enter) */
-    cudaError_t e = cudaEventRecord(f->done, ni->stream);
+    cudaError_t e = cudaEventRecord(f->done, ((nccl_group *)g->impl)->stream);
     if (e != cudaSuccess) return fail_op(c, g, op, "recording its completion: %s", cudaGetErrorString(e));
     lock(ni);
     if (ni->poisoned) {
@@ -421,6 +428,8 @@ static void stop_watchdog(nccl_impl *ni) {
     ni->have_watchdog = false;
 }
 
+static cudaStream_t stream_of(wan_group *g) { return ((nccl_group *)g->impl)->stream; }
+
 static ncclDataType_t nccl_type(wan_dtype dt) {
     switch (dt) {
     case WAN_F32: return ncclFloat32;
@@ -436,14 +445,14 @@ static int nccl_allreduce(wan_group *g, void *buf, size_t n, wan_dtype dt, wan_r
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "allreduce", &comm));
     ncclResult_t r = ncclAllReduce(buf, buf, n, nccl_type(dt), op == WAN_RED_MAX ? ncclMax : ncclSum, comm,
-                                   impl_of(g->comm)->stream);
+                                   stream_of(g));
     return finish(g, comm, r, "allreduce", NULL);
 }
 
 static int nccl_reduce_scatter(wan_group *g, void *recv, const void *send, size_t n, wan_dtype dt) {
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "reduce_scatter", &comm));
-    ncclResult_t r = ncclReduceScatter(send, recv, n, nccl_type(dt), ncclSum, comm, impl_of(g->comm)->stream);
+    ncclResult_t r = ncclReduceScatter(send, recv, n, nccl_type(dt), ncclSum, comm, stream_of(g));
     return finish(g, comm, r, "reduce_scatter", NULL);
 }
 
@@ -451,29 +460,37 @@ static int nccl_allgather(wan_group *g, void *recv, const void *send, size_t n, 
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "allgather", &comm));
     /* in place (send == recv + rank * n) is NCCL's in-place allgather */
-    ncclResult_t r = ncclAllGather(send, recv, n, nccl_type(dt), comm, impl_of(g->comm)->stream);
+    ncclResult_t r = ncclAllGather(send, recv, n, nccl_type(dt), comm, stream_of(g));
     return finish(g, comm, r, "allgather", NULL);
 }
 
 static int nccl_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "broadcast", &comm));
-    ncclResult_t r = ncclBroadcast(buf, buf, n, nccl_type(dt), root, comm, impl_of(g->comm)->stream);
+    ncclResult_t r = ncclBroadcast(buf, buf, n, nccl_type(dt), root, comm, stream_of(g));
     return finish(g, comm, r, "broadcast", NULL);
 }
 
-static int nccl_reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+static int reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, uint64_t *req) {
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "reduce", &comm));
-    ncclResult_t r = ncclReduce(buf, buf, n, nccl_type(dt), ncclSum, root, comm, impl_of(g->comm)->stream);
-    return finish(g, comm, r, "reduce", NULL);
+    ncclResult_t r = ncclReduce(buf, buf, n, nccl_type(dt), ncclSum, root, comm, stream_of(g));
+    return finish(g, comm, r, "reduce", req);
+}
+
+static int nccl_reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+    return reduce(g, buf, n, dt, root, NULL);
+}
+
+static int nccl_reduce_start(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, uint64_t *req) {
+    return reduce(g, buf, n, dt, root, req);
 }
 
 static int sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
                     uint64_t *req) {
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "sendrecv", &comm));
-    cudaStream_t st = impl_of(g->comm)->stream;
+    cudaStream_t st = stream_of(g);
     ncclResult_t r = ncclGroupStart();
     if (r == ncclSuccess) r = ncclSend(send, n, nccl_type(dt), to, comm, st);
     if (r == ncclSuccess) r = ncclRecv(recv, n, nccl_type(dt), from, comm, st);
@@ -494,14 +511,14 @@ static int nccl_sendrecv_start(wan_group *g, const void *send, int to, void *rec
 static int nccl_send(wan_group *g, const void *buf, size_t n, wan_dtype dt, int peer) {
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "send", &comm));
-    ncclResult_t r = ncclSend(buf, n, nccl_type(dt), peer, comm, impl_of(g->comm)->stream);
+    ncclResult_t r = ncclSend(buf, n, nccl_type(dt), peer, comm, stream_of(g));
     return finish(g, comm, r, "send", NULL);
 }
 
 static int nccl_recv(wan_group *g, void *buf, size_t n, wan_dtype dt, int peer) {
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "recv", &comm));
-    ncclResult_t r = ncclRecv(buf, n, nccl_type(dt), peer, comm, impl_of(g->comm)->stream);
+    ncclResult_t r = ncclRecv(buf, n, nccl_type(dt), peer, comm, stream_of(g));
     return finish(g, comm, r, "recv", NULL);
 }
 
@@ -509,7 +526,7 @@ static int nccl_barrier(wan_group *g) {
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "barrier", &comm));
     ncclResult_t r = ncclAllReduce(impl_of(g->comm)->barrier_buf, impl_of(g->comm)->barrier_buf, 1, ncclFloat32,
-                                   ncclSum, comm, impl_of(g->comm)->stream);
+                                   ncclSum, comm, stream_of(g));
     WAN_TRY(finish(g, comm, r, "barrier", NULL));
     return nccl_flush(g->comm); /* the host waits: that is what a barrier is for */
 }
@@ -524,6 +541,7 @@ static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int inde
                         WAN_NCCL_MAX_COMMS - 1);
     nccl_group *ng = &ni->groups[ni->ngroups++];
     g->impl = ng;
+    ng->stream = !strcmp(name, "dp") || !strcmp(name, "dpcp") ? ni->bg_stream : ni->stream;
     /* every rank of the world calls this for its own group of the kind: the color (the group's
      * index) separates the groups, the key orders the members as listed */
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
@@ -571,6 +589,7 @@ static void release(wan_comm *c) {
         for (int i = 0; i < WAN_NCCL_INFLIGHT; i++)
             if (ni->ring[i].done) (void)cudaEventDestroy(ni->ring[i].done);
         if (ni->stream) (void)cudaStreamDestroy(ni->stream);
+        if (ni->bg_stream) (void)cudaStreamDestroy(ni->bg_stream);
         if (ni->have_sync) {
             pthread_mutex_destroy(&ni->mu);
             pthread_cond_destroy(&ni->cv);
@@ -611,6 +630,7 @@ static const wan_comm_ops nccl_ops = {
     .allgather = nccl_allgather,
     .broadcast = nccl_broadcast,
     .reduce = nccl_reduce,
+    .reduce_start = nccl_reduce_start,
     .sendrecv = nccl_sendrecv,
     .sendrecv_start = nccl_sendrecv_start,
     .wait = nccl_wait,
@@ -674,6 +694,7 @@ int wan_comm_nccl_create(wan_bootstrap *b, int device, int timeout_s, void *cuda
     }
     INIT_CU(cudaSetDevice(device));
     INIT_CU(cudaStreamCreateWithFlags(&ni->stream, cudaStreamNonBlocking));
+    INIT_CU(cudaStreamCreateWithFlags(&ni->bg_stream, cudaStreamNonBlocking));
     INIT_CU(cudaEventCreateWithFlags(&ni->ready, cudaEventDisableTiming));
     for (int i = 0; i < WAN_NCCL_INFLIGHT; i++) INIT_CU(cudaEventCreateWithFlags(&ni->ring[i].done, cudaEventDisableTiming));
     INIT_CU(cudaMalloc((void **)&ni->barrier_buf, sizeof(float)));
@@ -705,6 +726,7 @@ int wan_comm_nccl_create(wan_bootstrap *b, int device, int timeout_s, void *cuda
         goto fail;
     }
     ni->world.comm = world;
+    ni->world.stream = ni->stream;
     ni->comms[ni->ncomms++] = world;
     /* all ranks must arrive within the deadline; on failure wait_comm aborts the world */
     if ((rc = wait_comm(c, NULL, world, "init (ncclCommInitRankConfig)"))) goto fail;

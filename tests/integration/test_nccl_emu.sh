@@ -6,7 +6,7 @@
 # late (the transport's ordering of compute after its asynchronous transfers), a hung rank
 # reported within the transport's timeout (as tests/gpu/run.sh step 4 expects), the stand-in's
 # own timeout naming the missing rank, and nothing left in /dev/shm.
-# Then wan-train with train.device = "cuda" on two ranks (tp=2, pp=2, cp=2; two steps) against
+# Then wan-train with train.device = "cuda" on two ranks (tp=2, pp=2, cp=2, dp=2; two steps) against
 # the CPU run and the one-GPU emulated run (WAN_EMU_NCCL_TRAIN=0 skips it). GPU_CHECK /
 # WAN_TRAIN override the binaries. Last, a rank stopped mid-run (SIGSTOP) must end the job
 # within train.comm_timeout through the NCCL watchdog.
@@ -106,8 +106,11 @@ EOF2
     # reads stale data: against one emulated GPU (the same bf16 arithmetic) that shows as a
     # difference of ~1e-3 (a dropped wait for the ring's K/V: 1.1e-3), where a correct run
     # differs by ~1e-5 (the split reductions' order).
-    for par in tp pp cp; do
-        WAN_EMU_NCCL_LAZY_MS=100 timeout 1800 "$WAN_TRAIN" "${common[@]}" --nproc 2 --set parallel.$par=2 \
+    # dp=2: each block's gradient reduction starts in the backward, on the second NCCL stream.
+    for par in tp pp cp dp; do
+        layout=(--set parallel.$par=2)
+        [ $par = dp ] && layout=() # two ranks and nothing else: dp = 2
+        WAN_EMU_NCCL_LAZY_MS=100 timeout 1800 "$WAN_TRAIN" "${common[@]}" --nproc 2 "${layout[@]}" \
             --set train.device=\"cuda\" --set train.run_dir=\"$T/gpu-$par\" >"$T/train_gpu_$par.log" 2>&1
         rc=$?
         t_check "wan-train $par=2 on two emulated GPUs over the NCCL stand-in (exit $rc)" [ $rc = 0 ]
@@ -122,6 +125,11 @@ EOF2
             --kinds adam_m,adam_v --tol 0.1 >"$T/moments_$par.log" 2>&1
         rc=$?
         t_check "$par=2 emulated Adam moments equal one emulated GPU's: $(tail -n1 "$T/moments_$par.log")" [ $rc = 0 ]
+        if [ $par = dp ]; then
+            t_check "dp=2: every block's gradient reduction started under the backward" \
+                grep -q 'gradient reduction over dp x cp (2 ranks): 2 of 2 blocks started under the backward' \
+                "$T/train_gpu_$par.log"
+        fi
     done
     # a rank that stops mid-run (SIGSTOP: alive, silent): the other one is blocked where the host
     # waits for the GPU; its watchdog must end it within train.comm_timeout, naming the

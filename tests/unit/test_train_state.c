@@ -73,16 +73,15 @@ static void state_fills_buffer(int shards, int rank) {
             CHECK(n > 0 && n < np + 1);
             CHECKF(m.state_used == m.state_bytes, "%zu of %zu state bytes used", m.state_used, m.state_bytes);
             CHECK(m.state_used - before == wan_optim_state_bytes(&m));
-            slice s[7] = {{"weights", (uintptr_t)m.w, (uintptr_t)m.w + np * wan_dtype_size(f.be->param)},
+            slice s[6] = {{"weights", (uintptr_t)m.w, (uintptr_t)m.w + np * wan_dtype_size(f.be->param)},
                           {"gradients", (uintptr_t)m.g, (uintptr_t)(m.g + np)},
                           {"master", (uintptr_t)o.master, (uintptr_t)(o.master + n)},
                           {"mom1", (uintptr_t)o.mom1, (uintptr_t)(o.mom1 + n)},
                           {"mom2", (uintptr_t)o.mom2, (uintptr_t)(o.mom2 + n)},
-                          {"scratch", (uintptr_t)o.scratch, (uintptr_t)(o.scratch + 4 * f.d.world)},
-                          {"gshard", (uintptr_t)o.gshard, (uintptr_t)(o.gshard + n)}};
-            /* one shard: the reduced gradients are the gradients themselves */
-            if (shards == 1) CHECK(o.gshard == m.g);
-            check_slices(&m, s, shards == 1 ? 6 : 7);
+                          {"scratch", (uintptr_t)o.scratch, (uintptr_t)(o.scratch + 4 * f.d.world)}};
+            /* the reductions land in this shard's own slice of the gradients: no copy of it */
+            CHECK(o.gshard == m.g + o.lo);
+            check_slices(&m, s, 6);
             /* the masters start from this shard's weights */
             CHECK(o.master[0] == ((float *)m.w)[o.lo] && o.master[n - 1] == ((float *)m.w)[o.hi - 1]);
             wan_optim_destroy(&o);
