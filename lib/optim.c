@@ -89,6 +89,9 @@ static int reduce_range(wan_optim *o, int64_t a, int64_t b) {
     return 0;
 }
 
+/* The dp x cp reduction of a range reads the tensor-parallel sums of the same range; they are
+ * ordered because wan_model_reduce_tp_grads's allreduces make the compute stream wait for them
+ * and every collective starts after the compute so far (comm.h), on whichever NCCL stream. */
 int wan_optim_block_grads_done(void *ctx, int layer) {
     wan_optim *o = ctx;
     int b = layer - o->l0;
@@ -96,6 +99,12 @@ int wan_optim_block_grads_done(void *ctx, int layer) {
     WAN_TRY(wan_model_reduce_tp_grads(o->m, layer));
     o->blk_started[b] = true;
     return o->blk_lo[b] < o->blk_hi[b] ? reduce_range(o, o->blk_lo[b], o->blk_hi[b]) : 0;
+}
+
+/* Forget this step's early reductions (after the wait, or after a failure ended the step). */
+static void reduce_reset(wan_optim *o) {
+    o->nreq = 0;
+    for (int b = 0; b < o->l1 - o->l0; b++) o->blk_started[b] = false;
 }
 
 /* What the blocks did not start: their tensor-parallel sums, then every gap between started
@@ -119,8 +128,7 @@ static int reduce_rest(wan_optim *o) {
     WAN_TRY(reduce_range(o, at, m->ps.total));
     wan_group *g = &m->dist->dpcp_g;
     for (int i = 0; i < o->nreq; i++) WAN_TRY(wan_comm_wait(g, &o->reqs[i]));
-    o->nreq = 0;
-    for (int b = 0; b < o->l1 - o->l0; b++) o->blk_started[b] = false;
+    reduce_reset(o);
     return 0;
 }
 
@@ -145,7 +153,7 @@ int wan_optim_create(wan_optim *o, wan_model *m, const wan_train_cfg *t) {
     o->mom2 = wan_model_state_take(m, sz[2]);
     o->gshard = m->g + o->lo;
     o->scratch = wan_model_state_take(m, sz[4]);
-    if (!o->master || !o->mom1 || !o->mom2 || !o->gshard || !o->scratch)
+    if (!o->master || !o->mom1 || !o->mom2 || !o->scratch)
         return wan_fail(WAN_ERR_RUNTIME, "wan_optim_create: the model was created without room for the optimizer "
                         "state (with_optimizer = false)");
     add_segments(o);
@@ -162,6 +170,8 @@ void wan_optim_reset_masters(wan_optim *o) {
 
 /* The buffers belong to the model's state allocation, freed with the model. */
 void wan_optim_destroy(wan_optim *o) {
+    /* reductions a failed step left in flight write into the gradients: let them finish */
+    if (o->m && o->nreq) (void)wan_comm_flush(o->m->dist->comm);
     free(o->seg);
     free(o->blk_lo), free(o->blk_hi), free(o->blk_started), free(o->reqs);
     memset(o, 0, sizeof *o);
@@ -204,7 +214,11 @@ int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out) {
     wan_backend *be = m->be;
     wan_dist *d = m->dist;
     size_t n = (size_t)(o->hi - o->lo);
-    WAN_TRY(reduce_rest(o));
+    int rrc = reduce_rest(o);
+    if (rrc) {
+        reduce_reset(o);
+        return rrc;
+    }
 
     /* global norm: every element once (tp-replicated tensors counted on tp rank 0), one sum per
      * run of adjacent counted segments (one for the whole shard on tp rank 0): each sum is a

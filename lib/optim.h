@@ -31,7 +31,7 @@ typedef struct {
     int total_steps;
     int64_t lo, hi;      /* this rank's ZeRO slice of the flat buffer */
     float *master, *mom1, *mom2; /* [hi - lo], backend memory */
-    float *gshard;       /* reduced gradients of the slice (aliases m->g + lo with one shard) */
+    float *gshard;       /* reduced gradients of the slice: m->g + lo, where the reductions land */
     float *scratch;      /* small backend buffer for the norm exchange */
     wan_optim_segment *seg;
     int nseg;

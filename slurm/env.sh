@@ -56,6 +56,13 @@
 #   export NCCL_NET_GDR_LEVEL=...   # GPUDirect RDMA policy
 #   export NCCL_CROSS_NIC=...       # rails of multi-rail fabrics
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}   # INFO to see which transports and interfaces it chose
+# The data-parallel gradient reductions run on a second NCCL stream under the backward, beside
+# the tp/cp/pp transfers: two communicators' kernels at once, which NCCL supports when no
+# implicit device synchronisation comes between them; CUDA's lazy module loading can cause one.
+export CUDA_MODULE_LOADING=${CUDA_MODULE_LOADING:-EAGER}
+# WAN_NCCL_ONE_STREAM=1 puts the data-parallel groups on the main NCCL stream (no overlap of
+# the gradient reduction; a fallback should a cluster hang with two).
+: "${WAN_NCCL_ONE_STREAM:=}"
 
 # Modules or containers the jobs need, e.g.:
 #   module load cuda/13.0 nccl

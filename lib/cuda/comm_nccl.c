@@ -40,6 +40,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "bootstrap.h"
@@ -49,7 +50,10 @@
 
 #define WAN_NCCL_MAX_COMMS 64 /* world + one per group this rank is in */
 #define WAN_NCCL_DEFAULT_TIMEOUT 600
-#define WAN_NCCL_INFLIGHT 256 /* collectives enqueued and not yet seen complete */
+/* Collectives enqueued and not yet seen complete. Retired in issue order, so finished transfers
+ * of the main stream wait behind the oldest gradient reduction of the second: room for a whole
+ * backward's worth (a 14B stage with tp, sp and cp issues about 25 per block). */
+#define WAN_NCCL_INFLIGHT 4096
 #define WAN_NCCL_GRACE_S 30   /* after a failure: time the process has to stop by itself */
 
 typedef struct {
@@ -541,7 +545,9 @@ static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int inde
                         WAN_NCCL_MAX_COMMS - 1);
     nccl_group *ng = &ni->groups[ni->ngroups++];
     g->impl = ng;
-    ng->stream = !strcmp(name, "dp") || !strcmp(name, "dpcp") ? ni->bg_stream : ni->stream;
+    const char *one = getenv("WAN_NCCL_ONE_STREAM");
+    bool dp_group = !strcmp(name, "dp") || !strcmp(name, "dpcp");
+    ng->stream = dp_group && !(one && *one && strcmp(one, "0")) ? ni->bg_stream : ni->stream;
     /* every rank of the world calls this for its own group of the kind: the color (the group's
      * index) separates the groups, the key orders the members as listed */
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
@@ -567,6 +573,9 @@ static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int inde
         unlock(ni);
         if (rc != ncclSuccess || n != size)
             return fail_op(c, g, "make_group", "the new communicator has %d ranks, expected %d", n, size);
+        /* NCCL connects peers at a communicator's first collective: do it now, with the host
+         * waiting, not inside a backward beside another communicator's kernels */
+        if (size > 1) WAN_TRY(nccl_barrier(g));
     }
     return 0;
 }

@@ -107,26 +107,31 @@ EOF2
     # difference of ~1e-3 (a dropped wait for the ring's K/V: 1.1e-3), where a correct run
     # differs by ~1e-5 (the split reductions' order).
     # dp=2: each block's gradient reduction starts in the backward, on the second NCCL stream.
-    for par in tp pp cp dp; do
-        layout=(--set parallel.$par=2)
-        [ $par = dp ] && layout=() # two ranks and nothing else: dp = 2
-        WAN_EMU_NCCL_LAZY_MS=100 timeout 1800 "$WAN_TRAIN" "${common[@]}" --nproc 2 "${layout[@]}" \
+    # tp2-sp-dp2 (four ranks): the tensor-parallel sums on one NCCL stream, then the same ranges'
+    # data-parallel reduction on the other.
+    for par in tp pp cp dp tp2-sp-dp2; do
+        layout=(--nproc 2 --set parallel.$par=2)
+        [ $par = dp ] && layout=(--nproc 2) # two ranks and nothing else: dp = 2
+        [ $par = tp2-sp-dp2 ] && layout=(--nproc 4 --set parallel.tp=2 --set parallel.sp=true)
+        name="$par=2" gpus=two
+        [ $par = tp2-sp-dp2 ] && name=$par gpus=four
+        WAN_EMU_NCCL_LAZY_MS=100 timeout 1800 "$WAN_TRAIN" "${common[@]}" "${layout[@]}" \
             --set train.device=\"cuda\" --set train.run_dir=\"$T/gpu-$par\" >"$T/train_gpu_$par.log" 2>&1
         rc=$?
-        t_check "wan-train $par=2 on two emulated GPUs over the NCCL stand-in (exit $rc)" [ $rc = 0 ]
+        t_check "wan-train $name on $gpus emulated GPUs over the NCCL stand-in (exit $rc)" [ $rc = 0 ]
         [ $rc = 0 ] || tail -n 30 "$T/train_gpu_$par.log"
         out=$(compare "$T/gpu-$par/steps.jsonl" "$T/cpu/steps.jsonl" 5e-2 1e-7 2>&1)
-        t_check "$par=2 emulated losses and gradient norms follow the CPU run (bf16 vs fp32): $out" [ $? = 0 ]
+        t_check "$name emulated losses and gradient norms follow the CPU run (bf16 vs fp32): $out" [ $? = 0 ]
         out=$(compare "$T/gpu-$par/steps.jsonl" "$T/gpu-1/steps.jsonl" 1e-4 2>&1)
-        t_check "$par=2 emulated run equals one emulated GPU's: $out" [ $? = 0 ]
+        t_check "$name emulated run equals one emulated GPU's: $out" [ $? = 0 ]
         # the two steps' losses barely see the blocks' gradients (the head starts at zero): the
         # Adam moments do (a dropped wait for the ring's dK/dV accumulator: 0.67 and 0.80)
         "$CKPT_COMPARE" "$T/gpu-$par/checkpoints/latest" "$T/gpu-1/checkpoints/latest" \
             --kinds adam_m,adam_v --tol 0.1 >"$T/moments_$par.log" 2>&1
         rc=$?
-        t_check "$par=2 emulated Adam moments equal one emulated GPU's: $(tail -n1 "$T/moments_$par.log")" [ $rc = 0 ]
-        if [ $par = dp ]; then
-            t_check "dp=2: every block's gradient reduction started under the backward" \
+        t_check "$name emulated Adam moments equal one emulated GPU's: $(tail -n1 "$T/moments_$par.log")" [ $rc = 0 ]
+        if [ $par = dp ] || [ $par = tp2-sp-dp2 ]; then
+            t_check "$par: every block's gradient reduction started under the backward" \
                 grep -q 'gradient reduction over dp x cp (2 ranks): 2 of 2 blocks started under the backward' \
                 "$T/train_gpu_$par.log"
         fi
