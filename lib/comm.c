@@ -57,52 +57,52 @@ int wan_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
     return 0;
 }
 
-int wan_reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+/* req NULL: the plain call; else started where the transport can (req->started says so). */
+static int reduce_any(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req) {
     WAN_TRY(usable(g, "reduce"));
     WAN_TRY(member(g, "reduce", "root", root));
     if (g->size == 1 || n == 0) return 0;
-    WAN_TRY(g->comm->ops->reduce(g, buf, n, dt, root));
+    if (req && g->comm->ops->reduce_start) {
+        WAN_TRY(g->comm->ops->reduce_start(g, buf, n, dt, root, &req->id));
+        req->started = true;
+    } else
+        WAN_TRY(g->comm->ops->reduce(g, buf, n, dt, root));
     if (g->rank != root) g->bytes_sent += bytes_of(n, dt);
     return 0;
 }
 
-int wan_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt) {
+static int sendrecv_any(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
+                        wan_comm_req *req) {
     WAN_TRY(usable(g, "sendrecv"));
     WAN_TRY(member(g, "sendrecv", "destination", to));
     WAN_TRY(member(g, "sendrecv", "source", from));
     if (n == 0 || (g->size == 1 && recv == send)) return 0;
-    WAN_TRY(g->comm->ops->sendrecv(g, send, to, recv, from, n, dt));
+    if (req && g->comm->ops->sendrecv_start) {
+        WAN_TRY(g->comm->ops->sendrecv_start(g, send, to, recv, from, n, dt, &req->id));
+        req->started = true;
+    } else
+        WAN_TRY(g->comm->ops->sendrecv(g, send, to, recv, from, n, dt));
     if (to != g->rank) g->bytes_sent += bytes_of(n, dt);
     return 0;
+}
+
+int wan_reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+    return reduce_any(g, buf, n, dt, root, NULL);
+}
+
+int wan_sendrecv(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt) {
+    return sendrecv_any(g, send, to, recv, from, n, dt, NULL);
 }
 
 int wan_sendrecv_start(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
                        wan_comm_req *req) {
-    req->started = false;
-    req->id = 0;
-    if (!g || !g->comm || !g->comm->ops || !g->comm->ops->sendrecv_start)
-        return wan_sendrecv(g, send, to, recv, from, n, dt);
-    WAN_TRY(usable(g, "sendrecv"));
-    WAN_TRY(member(g, "sendrecv", "destination", to));
-    WAN_TRY(member(g, "sendrecv", "source", from));
-    if (n == 0 || (g->size == 1 && recv == send)) return 0;
-    WAN_TRY(g->comm->ops->sendrecv_start(g, send, to, recv, from, n, dt, &req->id));
-    req->started = true;
-    if (to != g->rank) g->bytes_sent += bytes_of(n, dt);
-    return 0;
+    *req = (wan_comm_req){0};
+    return sendrecv_any(g, send, to, recv, from, n, dt, req);
 }
 
 int wan_reduce_start(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req) {
-    req->started = false;
-    req->id = 0;
-    if (!g || !g->comm || !g->comm->ops || !g->comm->ops->reduce_start) return wan_reduce(g, buf, n, dt, root);
-    WAN_TRY(usable(g, "reduce"));
-    WAN_TRY(member(g, "reduce", "root", root));
-    if (g->size == 1 || n == 0) return 0;
-    WAN_TRY(g->comm->ops->reduce_start(g, buf, n, dt, root, &req->id));
-    req->started = true;
-    if (g->rank != root) g->bytes_sent += bytes_of(n, dt);
-    return 0;
+    *req = (wan_comm_req){0};
+    return reduce_any(g, buf, n, dt, root, req);
 }
 
 int wan_comm_wait(wan_group *g, wan_comm_req *req) {

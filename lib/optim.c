@@ -23,15 +23,14 @@ static void add_segments(wan_optim *o) {
 }
 
 /* Bytes of each optimizer buffer, in the order they are taken from the model's state:
- * master, mom1, mom2 [slice], gshard [slice] (none: the reductions land in the gradients'
- * own slice, which gshard aliases), scratch [4 x world]. */
-static void state_sizes(const wan_model *m, int64_t *lo, int64_t *hi, size_t sz[5]) {
+ * master, mom1, mom2 [slice], scratch [4 x world]. (The reduced gradients need none: the
+ * reductions land in the gradients' own slice.) */
+static void state_sizes(const wan_model *m, int64_t *lo, int64_t *hi, size_t sz[4]) {
     const wan_dist *d = m->dist;
     wan_zero_range(m->ps.total, d->dpcp_g.size, d->dpcp_g.rank, lo, hi);
     size_t n = (size_t)(*hi - *lo) * sizeof(float);
     sz[0] = sz[1] = sz[2] = n;
-    sz[3] = 0;
-    sz[4] = 4 * (size_t)d->world * sizeof(float);
+    sz[3] = 4 * (size_t)d->world * sizeof(float);
 }
 
 /* Each block's run of the flat buffer; none anywhere when they are not one run each, in
@@ -46,13 +45,12 @@ static int block_ranges(wan_optim *o) {
     if (!o->blk_lo || !o->blk_hi || !o->blk_started) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
     bool ok = true;
     for (int b = 0; b < nb; b++) {
-        int64_t lo = INT64_MAX, hi = -1, numel = 0;
+        int64_t lo = INT64_MAX, hi = -1;
         for (int i = 0; i < m->ps.n; i++) {
             const wan_param *p = &m->ps.p[i];
             if (!p->present || p->layer != o->l0 + b) continue;
             lo = p->offset < lo ? p->offset : lo;
             hi = p->offset + p->numel > hi ? p->offset + p->numel : hi;
-            numel += p->numel;
         }
         o->blk_lo[b] = lo, o->blk_hi[b] = hi;
         if (hi < 0 || (b > 0 && lo < o->blk_hi[b - 1])) ok = false;
@@ -134,9 +132,9 @@ static int reduce_rest(wan_optim *o) {
 
 size_t wan_optim_state_bytes(const wan_model *m) {
     int64_t lo, hi;
-    size_t sz[5], total = 0;
+    size_t sz[4], total = 0;
     state_sizes(m, &lo, &hi, sz);
-    for (int i = 0; i < 5; i++) total += wan_align256(sz[i]); /* as wan_model_state_take rounds */
+    for (int i = 0; i < 4; i++) total += wan_align256(sz[i]); /* as wan_model_state_take rounds */
     return total;
 }
 
@@ -146,13 +144,13 @@ int wan_optim_create(wan_optim *o, wan_model *m, const wan_train_cfg *t) {
     o->cfg = t->optimizer;
     o->sched = t->schedule;
     o->total_steps = t->steps;
-    size_t sz[5];
+    size_t sz[4];
     state_sizes(m, &o->lo, &o->hi, sz);
     o->master = wan_model_state_take(m, sz[0]);
     o->mom1 = wan_model_state_take(m, sz[1]);
     o->mom2 = wan_model_state_take(m, sz[2]);
     o->gshard = m->g + o->lo;
-    o->scratch = wan_model_state_take(m, sz[4]);
+    o->scratch = wan_model_state_take(m, sz[3]);
     if (!o->master || !o->mom1 || !o->mom2 || !o->scratch)
         return wan_fail(WAN_ERR_RUNTIME, "wan_optim_create: the model was created without room for the optimizer "
                         "state (with_optimizer = false)");

@@ -81,7 +81,7 @@ typedef struct {
      * abort them from its thread); cv signals progress of the ring, poisoning and quitting */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool have_sync, have_watchdog, quit;
+    bool have_sync, have_watchdog, quit; /* have_sync: mu and cv exist (always, once created) */
     pthread_t watchdog;
     const char *_Atomic in_call; /* the NCCL call the main thread is in while holding mu (messages) */
     inflight ring[WAN_NCCL_INFLIGHT]; /* [head, tail) in flight, position id at id % size */
@@ -112,7 +112,7 @@ static int poison_take_locked(nccl_impl *ni, const char *why, ncclComm_t *out) {
     int n = ni->ncomms;
     for (int i = 0; i < n; i++) out[i] = ni->comms[i];
     ni->ncomms = 0;
-    if (ni->have_sync) pthread_cond_broadcast(&ni->cv);
+    pthread_cond_broadcast(&ni->cv);
     return n;
 }
 
@@ -122,12 +122,8 @@ static void abort_comms(ncclComm_t *cs, int n) {
         if (cs[i]) (void)ncclCommAbort(cs[i]);
 }
 
-static void lock(nccl_impl *ni) {
-    if (ni->have_sync) pthread_mutex_lock(&ni->mu);
-}
-static void unlock(nccl_impl *ni) {
-    if (ni->have_sync) pthread_mutex_unlock(&ni->mu);
-}
+static void lock(nccl_impl *ni) { pthread_mutex_lock(&ni->mu); }
+static void unlock(nccl_impl *ni) { pthread_mutex_unlock(&ni->mu); }
 
 static void poison(wan_comm *c, const char *why) {
     nccl_impl *ni = impl_of(c);
@@ -173,6 +169,8 @@ __attribute__((format(printf, 4, 5))) static int fail_op(wan_comm *c, wan_group 
     impl_of(c)->announced = true; /* the caller reports it */
     return wan_fail(WAN_ERR_RUNTIME, "%s", msg);
 }
+
+static cudaStream_t stream_of(wan_group *g) { return ((nccl_group *)g->impl)->stream; }
 
 static int timeout_of(wan_comm *c) { return c->timeout_s > 0 ? c->timeout_s : WAN_NCCL_DEFAULT_TIMEOUT; }
 
@@ -249,7 +247,7 @@ static int finish(wan_group *g, ncclComm_t comm, ncclResult_t r, const char *op,
     inflight *f = &ni->ring[id % WAN_NCCL_INFLIGHT];
     unlock(ni);
     /* the slot is this thread's until tail moves past it; the record can block (see enter) */
-    cudaError_t e = cudaEventRecord(f->done, ((nccl_group *)g->impl)->stream);
+    cudaError_t e = cudaEventRecord(f->done, stream_of(g));
     if (e != cudaSuccess) return fail_op(c, g, op, "recording its completion: %s", cudaGetErrorString(e));
     lock(ni);
     if (ni->poisoned) {
@@ -431,8 +429,6 @@ static void stop_watchdog(nccl_impl *ni) {
     }
     ni->have_watchdog = false;
 }
-
-static cudaStream_t stream_of(wan_group *g) { return ((nccl_group *)g->impl)->stream; }
 
 static ncclDataType_t nccl_type(wan_dtype dt) {
     switch (dt) {
@@ -626,8 +622,9 @@ static void nccl_destroy(wan_comm *c) {
         }
         if (wait_comm(c, NULL, ni->comms[i], "destroy (ncclCommFinalize)")) break;
     }
-    if (ni->poisoned && !ni->announced) wan_warn("%s", ni->why);
-    else
+    if (ni->poisoned) { /* the communicators were aborted */
+        if (!ni->announced) wan_warn("%s", ni->why);
+    } else
         for (int i = ni->ncomms - 1; i >= 0; i--) (void)ncclCommDestroy(ni->comms[i]);
     ni->ncomms = 0;
     release(c);

@@ -14,7 +14,6 @@
  * where the GPU would silently misbehave instead of failing, a bit stricter: aliasing of D with an
  * input, algorithms reused for another problem). Every rejection prints one line to stderr. */
 #include <cublasLt.h>
-#include "emu.h"
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -22,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "emu.h"
 
 #define MAGIC_HANDLE 0x4c54454du /* "MELT" */
 #define MAGIC_DESC 0x44455343u

@@ -6,12 +6,14 @@
  * so that an event recorded behind it is "not ready" until it has run, and cudaStreamWaitEvent,
  * cudaStreamSynchronize and cudaEventSynchronize block the calling thread until then (for the
  * synchronous streams that is what the GPU's wait means). Such a block also marks the work
- * wanted, which a lazy task (WAN_EMU_NCCL_LAZY_MS) waits for. Fresh allocations are filled with 0xff bytes (NaN as fp32, bf16
- * and fp16) so that a kernel reading memory nobody wrote produces NaN instead of a lucky zero.
+ * wanted, which a lazy task (WAN_EMU_NCCL_LAZY_MS) waits for. Fresh allocations are filled
+ * with 0xff bytes (NaN as fp32, bf16 and fp16) so that a kernel reading memory nobody wrote
+ * produces NaN instead of a lucky zero.
  * Bad arguments are reported the way the runtime reports them (an error code, also kept as the
  * "last error"), with one line on stderr saying what, so that a test sees the call that failed.
  * The emulated device describes itself as an sm_90 GPU with 80 GB. */
 #include <cuda_runtime_api.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -286,15 +288,14 @@ void wan_emu_stream_wait_turn(void *stream, uint64_t ticket, double lazy_s, int 
         deadline_in(&ts, 0.01);
         pthread_cond_timedwait(&st->cv, &st->mu, &ts);
     }
-    /* lazy: as late as allowed, until someone blocks on it or lazy_s has passed */
+    /* lazy: as late as allowed, until someone blocks on it or lazy_s has passed (the waits
+     * are sliced so that stop is polled) */
     struct timespec until;
     deadline_in(&until, lazy_s);
     while (lazy_s > 0 && st->wanted < ticket && !stop(arg)) {
         deadline_in(&ts, 0.01);
-        if (ts.tv_sec > until.tv_sec || (ts.tv_sec == until.tv_sec && ts.tv_nsec > until.tv_nsec)) ts = until;
-        if (pthread_cond_timedwait(&st->cv, &st->mu, &ts) != 0 &&
-            (ts.tv_sec == until.tv_sec && ts.tv_nsec == until.tv_nsec))
-            break;
+        bool last = ts.tv_sec > until.tv_sec || (ts.tv_sec == until.tv_sec && ts.tv_nsec >= until.tv_nsec);
+        if (pthread_cond_timedwait(&st->cv, &st->mu, last ? &until : &ts) == ETIMEDOUT && last) break;
     }
     pthread_mutex_unlock(&st->mu);
 }
@@ -339,7 +340,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t st) {
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t st, cudaEvent_t ev, unsigned flags) {
-    (void)st, (void)flags;
+    (void)flags;
     if (!ev) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent", "NULL event");
     if (ev->stream) wait_done(ev->stream, ev->ticket);
     if (st) {

@@ -33,7 +33,6 @@
  * WAN_CUDNN_EMU_VERSION=N makes cudnnGetVersion return N (to exercise version-dependent paths).
  * DEVICEPROP descriptors can be created and given attributes but never finalised. */
 #include <cudnn.h>
-#include "emu.h"
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -41,6 +40,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "emu.h"
 
 enum {
     MAX_DIMS = CUDNN_DIM_MAX,

@@ -18,13 +18,14 @@ void wan_emu_set_error(int e);
  * (cudaStreamWaitEvent, ...) or lazy_s seconds have passed; stop(arg) non-zero ends the wait
  * (polled). */
 uint64_t wan_emu_stream_enqueue(void *stream);
+void wan_emu_stream_complete(void *stream, uint64_t ticket);
+void wan_emu_stream_wait_turn(void *stream, uint64_t ticket, double lazy_s, int (*stop)(void *), void *arg);
+
 /* Device work issued by the host (kernel launch, copy, memset, matmul, cuDNN execution): counted,
  * so that the NCCL stand-in can check that a stream it queues on is ordered after all of it
  * (cudaStreamWaitEvent on an event recorded since). Returns how much the stream is not. */
 void wan_emu_compute_op(void);
 uint64_t wan_emu_stream_unordered(void *stream);
-void wan_emu_stream_complete(void *stream, uint64_t ticket);
-void wan_emu_stream_wait_turn(void *stream, uint64_t ticket, double lazy_s, int (*stop)(void *), void *arg);
 
 #ifdef __cplusplus
 }

@@ -32,10 +32,11 @@
  * synchronised) or N ms after its turn came; so compute not ordered after a transfer reads
  * stale data, and a transfer started before its data was final sends stale data. Always: stream
  * work is refused unless its stream waited for an event recorded after every device operation
- * the host issued so far (tests/emu/cudart_emu.c counts them), the ordering the other way. Init, split and finalise are host work: a non-blocking
- * communicator (config.blocking = 0) returns ncclInProgress from them and ncclCommGetAsyncError
- * says ncclInProgress until they are done, so the caller's own deadline governs (comm_nccl.c then
- * calls ncclCommAbort, which returns promptly: the worker checks the abort flag in every wait);
+ * the host issued so far (tests/emu/cudart_emu.c counts them), the ordering the other way.
+ * Init, split and finalise are host work: a non-blocking communicator (config.blocking = 0)
+ * returns ncclInProgress from them and ncclCommGetAsyncError says ncclInProgress until they are
+ * done, so the caller's own deadline governs (comm_nccl.c then calls ncclCommAbort, which
+ * returns promptly: the worker checks the abort flag in every wait);
  * a blocking communicator waits in the call.
  *
  * Failures: every wait checks the local abort flag, whether a peer aborted the communicator,
@@ -912,11 +913,8 @@ static int lazy_ms(void) {
 static void snapshot_sends(struct ncclComm *c, op *ops, int nops) {
     for (int i = 0; i < nops; i++) {
         op *o = &ops[i];
-        if (!o->stream || !o->send) continue;
+        if (!o->stream || !o->send) continue; /* every stream operation but a receive sends */
         size_t n = o->count * type_size(o->type) * (o->kind == K_REDUCE_SCATTER ? (size_t)c->nranks : 1);
-        if (o->kind != K_ALLREDUCE && o->kind != K_REDUCE_SCATTER && o->kind != K_ALLGATHER &&
-            o->kind != K_BROADCAST && o->kind != K_SEND && o->kind != K_REDUCE)
-            continue;
         void *copy = malloc(n ? n : 1);
         if (!copy) continue; /* out of memory: reads at run time, as without lazy mode */
         memcpy(copy, o->send, n);

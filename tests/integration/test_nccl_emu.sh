@@ -110,11 +110,11 @@ EOF2
     # tp2-sp-dp2 (four ranks): the tensor-parallel sums on one NCCL stream, then the same ranges'
     # data-parallel reduction on the other.
     for par in tp pp cp dp tp2-sp-dp2; do
-        layout=(--nproc 2 --set parallel.$par=2)
-        [ $par = dp ] && layout=(--nproc 2) # two ranks and nothing else: dp = 2
-        [ $par = tp2-sp-dp2 ] && layout=(--nproc 4 --set parallel.tp=2 --set parallel.sp=true)
-        name="$par=2" gpus=two
-        [ $par = tp2-sp-dp2 ] && name=$par gpus=four
+        case $par in
+        dp) layout=(--nproc 2) name="dp=2" gpus=two ;; # two ranks and nothing else: dp = 2
+        tp2-sp-dp2) layout=(--nproc 4 --set parallel.tp=2 --set parallel.sp=true) name=$par gpus=four ;;
+        *) layout=(--nproc 2 --set parallel.$par=2) name="$par=2" gpus=two ;;
+        esac
         WAN_EMU_NCCL_LAZY_MS=100 timeout 1800 "$WAN_TRAIN" "${common[@]}" "${layout[@]}" \
             --set train.device=\"cuda\" --set train.run_dir=\"$T/gpu-$par\" >"$T/train_gpu_$par.log" 2>&1
         rc=$?

@@ -720,6 +720,13 @@ static void test_memory(void) {
 /* Small integers: exact in fp32 and bf16 sums of a few ranks. */
 static float nval(int rank, int chunk, size_t i) { return (float)(rank + 1 + 10 * chunk + (int)(i % 5)); }
 
+/* Sum over the members of g of their value at (chunk, i), in member order. */
+static float nsum(const wan_group *g, int chunk, size_t i) {
+    float s = 0;
+    for (int m = 0; m < g->size; m++) s += nval(g->ranks[m], chunk, i);
+    return s;
+}
+
 static int nccl_passed, nccl_failed;
 
 static void nexpect(bool ok, const char *what, const wan_group *g) {
@@ -764,7 +771,9 @@ static float nf_chunks(size_t i, void *a) { /* chunk j of a size * n buffer: mem
 static int nccl_collectives(wan_group *g, size_t n) {
     const wan_comm_ops *op = g->comm->ops;
     int r = g->rank, p = g->size;
-    void *buf = gpu->alloc(gpu, (size_t)(p < 2 ? 2 : p) * n * sizeof(float)), *buf2 = gpu->alloc(gpu, (size_t)p * n * sizeof(float));
+    /* buf: at least two parts (the started sendrecv copies its result into the second) */
+    void *buf = gpu->alloc(gpu, (size_t)(p < 2 ? 2 : p) * n * sizeof(float));
+    void *buf2 = gpu->alloc(gpu, (size_t)p * n * sizeof(float));
     float *h;
     bool ok;
     nsel me = {g->ranks[r], 0};
@@ -773,11 +782,7 @@ static int nccl_collectives(wan_group *g, size_t n) {
     WAN_TRY(op->allreduce(g, buf, n, WAN_F32, WAN_RED_SUM));
     h = nget(buf, WAN_F32, n);
     ok = true;
-    for (size_t i = 0; i < n; i++) {
-        float want = 0;
-        for (int m = 0; m < p; m++) want += nval(g->ranks[m], 0, i);
-        ok &= h[i] == want;
-    }
+    for (size_t i = 0; i < n; i++) ok &= h[i] == nsum(g, 0, i);
     free(h);
     nexpect(ok, "allreduce sum", g);
     nput(buf, WAN_BF16, n, nf, &me);
@@ -797,11 +802,7 @@ static int nccl_collectives(wan_group *g, size_t n) {
     WAN_TRY(op->reduce_scatter(g, buf2, buf, n, WAN_F32));
     h = nget(buf2, WAN_F32, n);
     ok = true;
-    for (size_t i = 0; i < n; i++) {
-        float want = 0;
-        for (int m = 0; m < p; m++) want += nval(g->ranks[m], r, i);
-        ok &= h[i] == want;
-    }
+    for (size_t i = 0; i < n; i++) ok &= h[i] == nsum(g, r, i);
     free(h);
     nexpect(ok, "reduce_scatter", g);
     /* allgather in place */
@@ -826,11 +827,7 @@ static int nccl_collectives(wan_group *g, size_t n) {
     WAN_TRY(op->reduce(g, buf, n, WAN_F32, p - 1));
     h = nget(buf, WAN_F32, n);
     ok = true;
-    for (size_t i = 0; i < n; i++) {
-        float want = 0;
-        for (int m = 0; m < p; m++) want += nval(g->ranks[m], 0, i);
-        ok &= h[i] == (r == p - 1 ? want : nval(g->ranks[r], 0, i));
-    }
+    for (size_t i = 0; i < n; i++) ok &= h[i] == (r == p - 1 ? nsum(g, 0, i) : nval(g->ranks[r], 0, i));
     free(h);
     nexpect(ok, "reduce", g);
     /* sendrecv around the ring (to itself in a group of one) */
