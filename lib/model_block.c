@@ -4,9 +4,9 @@
  *   x += CrossAttn(LN3(x), context)
  *   x += FFN(LN(x) * (1 + scale2) + shift2) * gate2
  * Column-parallel layers (q, k, v, FFN-in) see all rows of the micro-batch: with sequence
- * parallelism the norm outputs are all-gathered over tp first. Row-parallel layers (o,
- * FFN-out) produce partial sums: all-reduced over tp, or reduce-scattered back to the rank's
- * rows with sequence parallelism. The q/k RMSNorm spans the full dim, so its sums of squares
+ * parallelism the norm outputs are all-gathered over tp (as the GEMM runs: see the rings
+ * below). Row-parallel layers (o, FFN-out) produce partial sums: all-reduced over tp, or
+ * reduce-scattered back to the rank's rows with sequence parallelism. The q/k RMSNorm spans the full dim, so its sums of squares
  * (and in the backward its dot products) are all-reduced over tp. Self-attention over the
  * context-parallel split is a ring: K/V blocks travel around cp, outputs merge by log-sum-exp,
  * and in the backward dK/dV accumulators travel with them back to their owners. */
@@ -16,20 +16,117 @@
 #include "error.h"
 #include "model_internal.h"
 
-/* Gather this rank's rows of a [Tf, D] act buffer (written at rows tok0) over tp. */
-static int gather_rows(wan_model *m, void *full, int cols) {
-    if (!m->dist->sp) return 0;
-    size_t n = (size_t)m->sh.T * cols;
-    return wan_allgather(&m->dist->tp_g, full, ACT_AT(m, full, (size_t)m->sh.tok0 * cols), n, m->be->act);
+/* ---------------------------------------------------------------- tensor-parallel rings
+ * With sequence parallelism a column-parallel GEMM needs every tp rank's rows (an all-gather
+ * before it) and a row-parallel GEMM's partial sums go back to the owner of their rows (a
+ * reduce-scatter after it). Both run as rings of tp - 1 point-to-point steps over chunks of
+ * one rank's T rows, the GEMM issued chunk by chunk, so that each transfer overlaps the GEMM
+ * of another chunk (the "collective matmul"); the bytes sent are the all-gather's and the
+ * reduce-scatter's. Without sequence parallelism there is one chunk (all Tf rows) and, for
+ * the partial sums, an all-reduce. The caller's loop:
+ *     WAN_TRY(gather_begin(&r, m, buf, cols, &c));
+ *     while (c >= 0) { GEMM on rows [c * r.rows, (c + 1) * r.rows); WAN_TRY(gather_next(&r, &c)); }
+ * and the same with reduce_begin / reduce_next, then reduce_finish (work issued before it, on
+ * other buffers, overlaps the last transfer). */
+typedef struct {
+    wan_model *m;
+    void *buf;    /* gather: the [Tf, cols] act buffer; reduce: the [Tf, cols] fp32 partials */
+    float *out;   /* reduce: this rank's [T, cols] sums, also the ring's receive buffer */
+    int cols, rows, chunks, step;
+    wan_comm_req req;
+} tp_ring;
+
+static void ring_init(tp_ring *r, wan_model *m, void *buf, float *out, int cols) {
+    const wan_dist *d = m->dist;
+    *r = (tp_ring){.m = m, .buf = buf, .out = out, .cols = cols};
+    r->chunks = d->sp ? d->tp : 1;
+    r->rows = d->sp ? m->sh.T : m->sh.Tf;
 }
 
-/* Reduce a row-parallel partial output [Tf, D] (fp32) to this rank's rows [T, D] in out
- * (a different buffer: the reduce-scatter cannot work in place). */
-static int reduce_rows(wan_model *m, float *out, float *part, int cols) {
-    wan_dist *d = m->dist;
-    if (d->sp) return wan_reduce_scatter(&d->tp_g, out, part, (size_t)m->sh.T * cols, WAN_F32);
-    WAN_TRY(wan_allreduce(&d->tp_g, part, (size_t)m->sh.Tf * cols, WAN_F32, WAN_RED_SUM));
-    if (out != part) m->be->copy(m->be, out, part, (size_t)m->sh.T * cols * sizeof(float));
+/* Element offset of chunk c's first row. */
+static size_t ring_at(const tp_ring *r, int c) { return (size_t)c * r->rows * r->cols; }
+
+/* Ring step i sends the chunk in hand to tp rank + 1 and receives the next from rank - 1. */
+static int ring_shift(tp_ring *r, const void *send, void *recv, wan_dtype dt) {
+    wan_dist *d = r->m->dist;
+    int next = (d->tp_rank + 1) % d->tp, prev = (d->tp_rank + d->tp - 1) % d->tp;
+    return wan_sendrecv_start(&d->tp_g, send, next, recv, prev, (size_t)r->rows * r->cols, dt, &r->req);
+}
+
+/* Chunk (tp rank + delta) around the ring. */
+static int ring_chunk(const tp_ring *r, int delta) {
+    int c = (r->m->dist->tp_rank + delta) % r->chunks;
+    return c < 0 ? c + r->chunks : c;
+}
+
+/* Gather: step i works on chunk (rank - i), which arrived at step i - 1, while passing it on
+ * (and receiving chunk rank - i - 1). */
+static int gather_step(tp_ring *r, int *chunk) {
+    wan_model *m = r->m;
+    *chunk = ring_chunk(r, -r->step);
+    if (r->step + 1 == r->chunks) return 0;
+    return ring_shift(r, ACT_AT(m, r->buf, ring_at(r, *chunk)), ACT_AT(m, r->buf, ring_at(r, ring_chunk(r, -r->step - 1))),
+                      m->be->act);
+}
+
+/* buf holds this rank's rows (at tok0); *chunk: the first chunk to work on. */
+static int gather_begin(tp_ring *r, wan_model *m, void *buf, int cols, int *chunk) {
+    ring_init(r, m, buf, NULL, cols);
+    return gather_step(r, chunk);
+}
+
+/* The next chunk, -1 after the last. */
+static int gather_next(tp_ring *r, int *chunk) {
+    WAN_TRY(wan_comm_wait(&r->m->dist->tp_g, &r->req));
+    if (++r->step == r->chunks) {
+        *chunk = -1;
+        return 0;
+    }
+    return gather_step(r, chunk);
+}
+
+/* Reduce: step i computes this rank's partial of chunk (rank - 1 - i); from step 1 on the sum
+ * of the ranks before it arrives meanwhile in out, is added to it and passed on, so that chunk
+ * c's sum starts at rank c + 1 and ends, complete, at rank c. */
+static int reduce_chunk(const tp_ring *r) { return ring_chunk(r, -1 - r->step); }
+
+static int reduce_begin(tp_ring *r, wan_model *m, float *part, float *out, int cols, int *chunk) {
+    ring_init(r, m, part, out, cols);
+    *chunk = reduce_chunk(r);
+    return 0;
+}
+
+/* After the caller wrote the partial of the current chunk: the next chunk, -1 after the last. */
+static int reduce_next(tp_ring *r, int *chunk) {
+    wan_model *m = r->m;
+    if (r->step + 1 >= r->chunks) {
+        *chunk = -1;
+        return 0;
+    }
+    float *part = (float *)r->buf + ring_at(r, reduce_chunk(r));
+    if (r->step > 0) {
+        WAN_TRY(wan_comm_wait(&m->dist->tp_g, &r->req));
+        m->be->ops->add(m->be, part, r->out, WAN_F32, (size_t)r->rows * r->cols);
+    }
+    WAN_TRY(ring_shift(r, part, r->out, WAN_F32));
+    r->step++;
+    *chunk = reduce_chunk(r);
+    return 0;
+}
+
+/* This rank's sums into out. */
+static int reduce_finish(tp_ring *r) {
+    wan_model *m = r->m;
+    wan_backend *be = m->be;
+    size_t n = (size_t)r->rows * r->cols;
+    float *own = (float *)r->buf + ring_at(r, ring_chunk(r, 0));
+    if (r->chunks > 1) {
+        WAN_TRY(wan_comm_wait(&m->dist->tp_g, &r->req));
+        be->ops->add(be, r->out, own, WAN_F32, n);
+        return 0;
+    }
+    if (!m->dist->sp) WAN_TRY(wan_allreduce(&m->dist->tp_g, own, n, WAN_F32, WAN_RED_SUM));
+    if (r->out != own) be->copy(be, r->out, own, n * sizeof(float));
     return 0;
 }
 
@@ -184,8 +281,10 @@ int wan_block_forward(wan_model *m, int l, wan_block_acts *k) {
     int B = s->B, D = m->D, Dl = m->Dl, Fl = m->Fl, T = s->T, Tf = s->Tf, BL = B * m->L;
     float eps = (float)m->cfg.eps, scale = m->attn_scale;
     wan_tokens tk = wan_tk_local(m), tkf = wan_tk_full(m), tkt = {BL, 0, m->L, 0};
-    size_t TD = (size_t)T * D * sizeof(float);
+    size_t TD = (size_t)T * D * sizeof(float), psz = wan_dtype_size(be->param);
     float *x = a->x;
+    tp_ring r;
+    int c;
 
     /* (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + e0, per sample */
     op->add_bcast(be, k->mod, a->e0, PARAM(m, o->mod), (size_t)B * 6 * D, (size_t)6 * D);
@@ -195,64 +294,99 @@ int wan_block_forward(wan_model *m, int l, wan_block_acts *k) {
     /* ---- self-attention ---- */
     op->layernorm_fwd(be, ACT_AT(m, k->ln1, (size_t)s->tok0 * D), act, k->mean1, k->rstd1, x, NULL, NULL, shift1, scale1,
                       6 * D, tk, D, eps);
-    WAN_TRY(gather_rows(m, k->ln1, D));
     /* q|k in one GEMM and v in another: v then sits next to the normed k as one ring message */
     void *qkv_w = PARAM(m, o->qkv_w), *qkv_b = PARAM(m, o->qkv_b);
-    op->matmul_fwd(be, k->qk, act, k->ln1, act, qkv_w, qkv_b, Tf, 2 * Dl, D);
+    void *v_w = (char *)qkv_w + (size_t)2 * Dl * D * psz, *v_b = (char *)qkv_b + (size_t)2 * Dl * psz;
     void *v = ACT_AT(m, k->kv, (size_t)Tf * Dl);
-    op->matmul_fwd(be, v, act, k->ln1, act, (char *)qkv_w + (size_t)2 * Dl * D * wan_dtype_size(be->param),
-                   (char *)qkv_b + (size_t)2 * Dl * wan_dtype_size(be->param), Tf, Dl, D);
+    WAN_TRY(gather_begin(&r, m, k->ln1, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        const void *in = ACT_AT(m, k->ln1, r0 * D);
+        op->matmul_fwd(be, ACT_AT(m, k->qk, r0 * 2 * Dl), act, in, act, qkv_w, qkv_b, r.rows, 2 * Dl, D);
+        op->matmul_fwd(be, ACT_AT(m, v, r0 * Dl), act, in, act, v_w, v_b, r.rows, Dl, D);
+        WAN_TRY(gather_next(&r, &c));
+    }
     WAN_TRY(qk_norm_forward(m, k->qn, Dl, k->rr_q, k->qk, 2 * Dl, Tf, o->nq, &a->rope, tkf, k->kv, Dl, k->rr_k,
                             ACT_AT(m, k->qk, Dl), 2 * Dl, Tf, o->nk, &a->rope, tkf));
     /* a kept attention output is what this call would compute again (every op is deterministic) */
     if (!(m->recomputing && m->recompute == WAN_RECOMPUTE_KEEP_ATTENTION)) WAN_TRY(self_attention_forward(m, k));
-    op->matmul_fwd(be, a->y_part, WAN_F32, k->att, act, PARAM(m, o->o_w), NULL, Tf, D, Dl);
-    WAN_TRY(reduce_rows(m, k->sa_y, a->y_part, D));
+    WAN_TRY(reduce_begin(&r, m, a->y_part, k->sa_y, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        op->matmul_fwd(be, a->y_part + r0 * D, WAN_F32, ACT_AT(m, k->att, r0 * Dl), act, PARAM(m, o->o_w), NULL, r.rows, D,
+                       Dl);
+        WAN_TRY(reduce_next(&r, &c));
+    }
+    WAN_TRY(reduce_finish(&r));
     op->residual_fwd(be, x, k->sa_y, PARAM(m, o->o_b), gate1, 6 * D, tk, D);
     be->copy(be, k->x1, x, TD);
 
     /* ---- cross-attention to the text (no modulation, no gate) ---- */
     op->layernorm_fwd(be, ACT_AT(m, k->ln3, (size_t)s->tok0 * D), act, k->mean3, k->rstd3, x, PARAM(m, o->n3_w),
                       PARAM(m, o->n3_b), NULL, NULL, 0, tk, D, eps);
-    WAN_TRY(gather_rows(m, k->ln3, D));
-    op->matmul_fwd(be, k->cq, act, k->ln3, act, PARAM(m, o->cq_w), PARAM(m, o->cq_b), Tf, Dl, D);
+    /* the text's k|v first: it overlaps the first transfer of the gather */
     op->matmul_fwd(be, k->ckv, act, a->ctx, act, PARAM(m, o->ckv_w), PARAM(m, o->ckv_b), BL, 2 * Dl, D);
+    WAN_TRY(gather_begin(&r, m, k->ln3, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        op->matmul_fwd(be, ACT_AT(m, k->cq, r0 * Dl), act, ACT_AT(m, k->ln3, r0 * D), act, PARAM(m, o->cq_w),
+                       PARAM(m, o->cq_b), r.rows, Dl, D);
+        WAN_TRY(gather_next(&r, &c));
+    }
     WAN_TRY(qk_norm_forward(m, k->cqn, Dl, k->rr_cq, k->cq, Dl, Tf, o->cnq, NULL, tkf, k->ckn, Dl, k->rr_ck, k->ckv,
                             2 * Dl, BL, o->cnk, NULL, tkt));
     op->attention_fwd(be, k->catt, Dl, k->clse, k->cqn, Dl, k->ckn, Dl, ACT_AT(m, k->ckv, Dl), 2 * Dl, B, m->Hl, s->S_cp,
                       m->L, m->hd, m->L, scale);
-    op->matmul_fwd(be, a->y_part, WAN_F32, k->catt, act, PARAM(m, o->co_w), NULL, Tf, D, Dl);
-    WAN_TRY(reduce_rows(m, a->dln, a->y_part, D)); /* dln is free until the backward */
+    WAN_TRY(reduce_begin(&r, m, a->y_part, a->dln, D, &c)); /* dln is free until the backward */
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        op->matmul_fwd(be, a->y_part + r0 * D, WAN_F32, ACT_AT(m, k->catt, r0 * Dl), act, PARAM(m, o->co_w), NULL, r.rows,
+                       D, Dl);
+        WAN_TRY(reduce_next(&r, &c));
+    }
+    WAN_TRY(reduce_finish(&r));
     op->residual_fwd(be, x, a->dln, PARAM(m, o->co_b), NULL, 0, tk, D);
     be->copy(be, k->x2, x, TD);
 
     /* ---- FFN ---- */
     op->layernorm_fwd(be, ACT_AT(m, k->ln2, (size_t)s->tok0 * D), act, k->mean2, k->rstd2, x, NULL, NULL, shift2, scale2,
                       6 * D, tk, D, eps);
-    WAN_TRY(gather_rows(m, k->ln2, D));
-    op->matmul_fwd(be, k->h, act, k->ln2, act, PARAM(m, o->f1_w), PARAM(m, o->f1_b), Tf, Fl, D);
-    op->gelu_fwd(be, k->g, k->h, (size_t)Tf * Fl);
-    op->matmul_fwd(be, a->y_part, WAN_F32, k->g, act, PARAM(m, o->f2_w), NULL, Tf, D, Fl);
-    WAN_TRY(reduce_rows(m, k->ff_y, a->y_part, D));
+    /* the GELU chunk by chunk too: the next GEMM's first chunk needs only its own rows */
+    WAN_TRY(gather_begin(&r, m, k->ln2, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        void *h = ACT_AT(m, k->h, r0 * Fl);
+        op->matmul_fwd(be, h, act, ACT_AT(m, k->ln2, r0 * D), act, PARAM(m, o->f1_w), PARAM(m, o->f1_b), r.rows, Fl, D);
+        op->gelu_fwd(be, ACT_AT(m, k->g, r0 * Fl), h, (size_t)r.rows * Fl);
+        WAN_TRY(gather_next(&r, &c));
+    }
+    WAN_TRY(reduce_begin(&r, m, a->y_part, k->ff_y, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        op->matmul_fwd(be, a->y_part + r0 * D, WAN_F32, ACT_AT(m, k->g, r0 * Fl), act, PARAM(m, o->f2_w), NULL, r.rows, D,
+                       Fl);
+        WAN_TRY(reduce_next(&r, &c));
+    }
+    WAN_TRY(reduce_finish(&r));
     op->residual_fwd(be, x, k->ff_y, PARAM(m, o->f2_b), gate2, 6 * D, tk, D);
     return 0;
 }
 
 /* ---------------------------------------------------------------- block backward */
 
-/* d(norm output) in a->dln [Tf, D], partial over tp -> this rank's rows in a->y_part. */
-static int reduce_dnorm(wan_model *m) {
-    return reduce_rows(m, m->a->y_part, m->a->dln, m->D);
-}
-
-/* a->dx (this rank's rows) -> a->dy gathered [Tf, D] act, times the gate (NULL = none). */
-static int residual_backward(wan_model *m, const float *y, int64_t bias, const float *gate, float *dgate) {
+/* a->dx (this rank's rows) -> this rank's rows of a->dy [Tf, D] act, times the gate (NULL =
+ * none); the caller gathers the rest while it uses them. */
+static void residual_backward(wan_model *m, const float *y, int64_t bias, const float *gate, float *dgate) {
     struct wan_model_acts *a = m->a;
     m->be->ops->residual_bwd(m->be, ACT_AT(m, a->dy, (size_t)m->sh.tok0 * m->D), m->be->act, GRAD(m, bias), dgate, a->dx,
                              y, PARAM(m, bias), gate, 6 * m->D, wan_tk_local(m), m->D);
-    return gather_rows(m, a->dy, m->D);
 }
 
+/* The order below keeps the tensor-parallel transfers under GEMMs: a row-parallel layer's
+ * input gradient is computed chunk by chunk as the gathered output gradient arrives; a
+ * column-parallel layer's input gradient (partial over tp) is computed chunk by chunk into
+ * the reduce-scatter ring; and the weight gradients, which need no communication, come
+ * between that ring's last transfer and its wait. */
 int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
     struct wan_model_acts *a = m->a;
     const wan_block_offsets *o = &m->blk[l];
@@ -266,50 +400,95 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
     size_t psz = wan_dtype_size(be->param);
     float *scale1 = k->mod + D, *gate1 = k->mod + 2 * D, *scale2 = k->mod + 4 * D, *gate2 = k->mod + 5 * D;
     float *dmod = a->dmod;
+    tp_ring r;
+    int c;
     be->memset0(be, dmod, (size_t)B * 6 * D * sizeof(float));
 
     /* ---- FFN ---- */
-    WAN_TRY(residual_backward(m, k->ff_y, o->f2_b, gate2, dmod + 5 * D));
-    op->matmul_bwd(be, a->dg, act, false, GRAD(m, o->f2_w), NULL, a->dy, act, k->g, act, PARAM(m, o->f2_w), Tf, D, Fl);
-    op->gelu_bwd(be, a->dh, a->dg, k->h, (size_t)Tf * Fl);
-    op->matmul_bwd(be, a->dln, WAN_F32, false, GRAD(m, o->f1_w), GRAD(m, o->f1_b), a->dh, act, k->ln2, act,
-                   PARAM(m, o->f1_w), Tf, Fl, D);
-    WAN_TRY(reduce_dnorm(m));
+    residual_backward(m, k->ff_y, o->f2_b, gate2, dmod + 5 * D);
+    WAN_TRY(gather_begin(&r, m, a->dy, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        void *dg = ACT_AT(m, a->dg, r0 * Fl);
+        op->matmul_bwd(be, dg, act, false, NULL, NULL, ACT_AT(m, a->dy, r0 * D), act, NULL, act, PARAM(m, o->f2_w), r.rows,
+                       D, Fl);
+        op->gelu_bwd(be, ACT_AT(m, a->dh, r0 * Fl), dg, ACT_AT(m, k->h, r0 * Fl), (size_t)r.rows * Fl);
+        WAN_TRY(gather_next(&r, &c));
+    }
+    WAN_TRY(reduce_begin(&r, m, a->dln, a->y_part, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        op->matmul_bwd(be, a->dln + r0 * D, WAN_F32, false, NULL, NULL, ACT_AT(m, a->dh, r0 * Fl), act, NULL, act,
+                       PARAM(m, o->f1_w), r.rows, Fl, D);
+        WAN_TRY(reduce_next(&r, &c));
+    }
+    op->matmul_bwd(be, NULL, act, false, GRAD(m, o->f2_w), NULL, a->dy, act, k->g, act, NULL, Tf, D, Fl);
+    op->matmul_bwd(be, NULL, act, false, GRAD(m, o->f1_w), GRAD(m, o->f1_b), a->dh, act, k->ln2, act, NULL, Tf, Fl, D);
+    WAN_TRY(reduce_finish(&r));
     op->layernorm_bwd(be, a->dx, NULL, NULL, dmod + 3 * D, dmod + 4 * D, a->y_part, WAN_F32, k->x2, k->mean2, k->rstd2, NULL,
                       scale2, 6 * D, tk, D);
 
     /* ---- cross-attention ---- */
-    WAN_TRY(residual_backward(m, NULL, o->co_b, NULL, NULL));
-    op->matmul_bwd(be, a->dcatt, act, false, GRAD(m, o->co_w), NULL, a->dy, act, k->catt, act, PARAM(m, o->co_w), Tf, D,
-                   Dl);
+    residual_backward(m, NULL, o->co_b, NULL, NULL);
+    WAN_TRY(gather_begin(&r, m, a->dy, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        op->matmul_bwd(be, ACT_AT(m, a->dcatt, r0 * Dl), act, false, NULL, NULL, ACT_AT(m, a->dy, r0 * D), act, NULL, act,
+                       PARAM(m, o->co_w), r.rows, D, Dl);
+        WAN_TRY(gather_next(&r, &c));
+    }
     /* dk -> dckn, dv -> the v columns of dckv */
     op->attention_bwd(be, a->dcqn, Dl, a->dckn, Dl, ACT_AT(m, a->dckv, Dl), 2 * Dl, false, a->dcatt, Dl, k->catt, Dl,
                       k->clse, k->cqn, Dl, k->ckn, Dl, ACT_AT(m, k->ckv, Dl), 2 * Dl, B, m->Hl, s->S_cp, m->L, m->hd, m->L,
                       scale);
     WAN_TRY(qk_norm_backward(m, a->dcq, Dl, a->dcqn, Dl, k->cq, Dl, k->rr_cq, Tf, o->cnq, NULL, tkf, a->dckv, 2 * Dl,
                              a->dckn, Dl, k->ckv, 2 * Dl, k->rr_ck, BL, o->cnk, NULL, tkt));
+    WAN_TRY(reduce_begin(&r, m, a->dln, a->y_part, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        op->matmul_bwd(be, a->dln + r0 * D, WAN_F32, false, NULL, NULL, ACT_AT(m, a->dcq, r0 * Dl), act, NULL, act,
+                       PARAM(m, o->cq_w), r.rows, Dl, D);
+        WAN_TRY(reduce_next(&r, &c));
+    }
     op->matmul_bwd(be, a->dctx, WAN_F32, true, GRAD(m, o->ckv_w), GRAD(m, o->ckv_b), a->dckv, act, a->ctx, act,
                    PARAM(m, o->ckv_w), BL, 2 * Dl, D);
-    op->matmul_bwd(be, a->dln, WAN_F32, false, GRAD(m, o->cq_w), GRAD(m, o->cq_b), a->dcq, act, k->ln3, act,
-                   PARAM(m, o->cq_w), Tf, Dl, D);
-    WAN_TRY(reduce_dnorm(m));
+    op->matmul_bwd(be, NULL, act, false, GRAD(m, o->co_w), NULL, a->dy, act, k->catt, act, NULL, Tf, D, Dl);
+    op->matmul_bwd(be, NULL, act, false, GRAD(m, o->cq_w), GRAD(m, o->cq_b), a->dcq, act, k->ln3, act, NULL, Tf, Dl, D);
+    WAN_TRY(reduce_finish(&r));
     op->layernorm_bwd(be, a->dx, GRAD(m, o->n3_w), GRAD(m, o->n3_b), NULL, NULL, a->y_part, WAN_F32, k->x1, k->mean3,
                       k->rstd3, PARAM(m, o->n3_w), NULL, 0, tk, D);
 
     /* ---- self-attention ---- */
-    WAN_TRY(residual_backward(m, k->sa_y, o->o_b, gate1, dmod + 2 * D));
-    op->matmul_bwd(be, a->datt, act, false, GRAD(m, o->o_w), NULL, a->dy, act, k->att, act, PARAM(m, o->o_w), Tf, D, Dl);
+    residual_backward(m, k->sa_y, o->o_b, gate1, dmod + 2 * D);
+    WAN_TRY(gather_begin(&r, m, a->dy, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        op->matmul_bwd(be, ACT_AT(m, a->datt, r0 * Dl), act, false, NULL, NULL, ACT_AT(m, a->dy, r0 * D), act, NULL, act,
+                       PARAM(m, o->o_w), r.rows, D, Dl);
+        WAN_TRY(gather_next(&r, &c));
+    }
     WAN_TRY(self_attention_backward(m, k));
     size_t TDl = (size_t)Tf * Dl;
     WAN_TRY(qk_norm_backward(m, a->dqk_raw, 2 * Dl, a->dq, Dl, k->qk, 2 * Dl, k->rr_q, Tf, o->nq, &a->rope, tkf,
                              ACT_AT(m, a->dqk_raw, Dl), 2 * Dl, a->dkv, Dl, ACT_AT(m, k->qk, Dl), 2 * Dl, k->rr_k, Tf,
                              o->nk, &a->rope, tkf));
-    char *qkv_w = PARAM(m, o->qkv_w);
-    op->matmul_bwd(be, a->dln, WAN_F32, false, GRAD(m, o->qkv_w), GRAD(m, o->qkv_b), a->dqk_raw, act, k->ln1, act, qkv_w,
-                   Tf, 2 * Dl, D);
-    op->matmul_bwd(be, a->dln, WAN_F32, true, GRAD(m, o->qkv_w) + (size_t)2 * Dl * D, GRAD(m, o->qkv_b) + 2 * Dl,
-                   ACT_AT(m, a->dkv, TDl), act, k->ln1, act, qkv_w + (size_t)2 * Dl * D * psz, Tf, Dl, D);
-    WAN_TRY(reduce_dnorm(m));
+    char *qkv_w = PARAM(m, o->qkv_w), *v_w = qkv_w + (size_t)2 * Dl * D * psz;
+    void *dv = ACT_AT(m, a->dkv, TDl);
+    WAN_TRY(reduce_begin(&r, m, a->dln, a->y_part, D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        float *dln = a->dln + r0 * D;
+        op->matmul_bwd(be, dln, WAN_F32, false, NULL, NULL, ACT_AT(m, a->dqk_raw, r0 * 2 * Dl), act, NULL, act, qkv_w,
+                       r.rows, 2 * Dl, D);
+        op->matmul_bwd(be, dln, WAN_F32, true, NULL, NULL, ACT_AT(m, dv, r0 * Dl), act, NULL, act, v_w, r.rows, Dl, D);
+        WAN_TRY(reduce_next(&r, &c));
+    }
+    op->matmul_bwd(be, NULL, act, false, GRAD(m, o->o_w), NULL, a->dy, act, k->att, act, NULL, Tf, D, Dl);
+    op->matmul_bwd(be, NULL, act, false, GRAD(m, o->qkv_w), GRAD(m, o->qkv_b), a->dqk_raw, act, k->ln1, act, NULL, Tf,
+                   2 * Dl, D);
+    op->matmul_bwd(be, NULL, act, false, GRAD(m, o->qkv_w) + (size_t)2 * Dl * D, GRAD(m, o->qkv_b) + 2 * Dl, dv, act,
+                   k->ln1, act, NULL, Tf, Dl, D);
+    WAN_TRY(reduce_finish(&r));
     op->layernorm_bwd(be, a->dx, NULL, NULL, dmod, dmod + D, a->y_part, WAN_F32, k->x_in, k->mean1, k->rstd1, NULL, scale1,
                       6 * D, tk, D);
 

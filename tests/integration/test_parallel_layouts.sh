@@ -55,6 +55,10 @@ train base-l4 1 "${L4[@]}" || t_fail "single process with 4 layers"
 layout_vs base-l4 pp4 4 "${L4[@]}" --set parallel.pp=4
 layout_vs base-l4 pp2-l4-recompute-full 2 "${L4[@]}" --set parallel.pp=2 --set train.recompute=true \
     --set train.recompute_attention=true
+# tensor parallel over four ranks with sequence parallelism: rings of three steps (4 heads)
+H4=(--set model.num_heads=4)
+train base-h4 1 "${H4[@]}" || t_fail "single process with 4 heads"
+layout_vs base-h4 tp4-sp 4 "${H4[@]}" --set parallel.tp=4 --set parallel.sp=true
 # fewer micro-batches than stages: the schedule runs every forward first
 train base-l4-gbs2 1 "${L4[@]}" --set train.gbs=2 || t_fail "single process with 4 layers, gbs 2"
 layout_vs base-l4-gbs2 pp4-gbs2 4 "${L4[@]}" --set train.gbs=2 --set parallel.pp=4
@@ -87,7 +91,7 @@ train base27-mbs2 1 "${DATA27[@]}" --set train.mbs=2 || t_fail "single process o
 layout_vs base27-mbs2 pp2-cp2-padded-mbs2 4 "${DATA27[@]}" --set train.mbs=2 --set parallel.pp=2 --set parallel.cp=2
 
 # every rank sent exactly the bytes the parallel design predicts (bench/comm_volume.py)
-if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-tp2-recompute,cp2-recompute-full,cp2-padded,cp2-tp2-sp-padded,pp2,pp2-dp2,pp2-tp2-sp,pp2-cp2-recompute,pp4,pp2-l4-recompute-full,pp4-gbs2} >"$T_TMP/volume" 2>&1; then
+if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-tp2-recompute,cp2-recompute-full,cp2-padded,cp2-tp2-sp-padded,pp2,pp2-dp2,pp2-tp2-sp,pp2-cp2-recompute,pp4,pp2-l4-recompute-full,pp4-gbs2,tp4-sp} >"$T_TMP/volume" 2>&1; then
     t_ok "bytes sent per step equal the design's prediction in every layout"
 else t_fail "communication volume differs from the design"; cat "$T_TMP/volume"; fi
 
