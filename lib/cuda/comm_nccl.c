@@ -76,7 +76,7 @@ typedef struct {
                              * under the backward must not queue in front of the transfers the
                              * compute waits for */
     cudaEvent_t ready;
-    float *barrier_buf;   /* one float on the device */
+    float *barrier_buf;   /* two floats on the device: the barrier's, and a ring shift's */
     /* mu guards the fields below and every NCCL call on the communicators (the watchdog may
      * abort them from its thread); cv signals progress of the ring, poisoning and quitting */
     pthread_mutex_t mu;
@@ -569,9 +569,16 @@ static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int inde
         unlock(ni);
         if (rc != ncclSuccess || n != size)
             return fail_op(c, g, "make_group", "the new communicator has %d ranks, expected %d", n, size);
-        /* NCCL connects peers at a communicator's first collective: do it now, with the host
-         * waiting, not inside a backward beside another communicator's kernels */
+        /* NCCL connects peers at a communicator's first collective, and point-to-point peers at
+         * their first send/recv: do both now, with the host waiting, not inside a backward
+         * beside another communicator's kernels. The groups that shift rings (tp, cp) or pass
+         * activations (pp) connect their ring neighbours; the others only run collectives. */
         if (size > 1) WAN_TRY(nccl_barrier(g));
+        if (size > 1 && (!strcmp(name, "tp") || !strcmp(name, "cp") || !strcmp(name, "pp"))) {
+            float *b = ni->barrier_buf;
+            WAN_TRY(sendrecv(g, b, (g->rank + 1) % size, b + 1, (g->rank + size - 1) % size, 1, WAN_F32, NULL));
+            WAN_TRY(nccl_flush(c));
+        }
     }
     return 0;
 }
@@ -703,8 +710,8 @@ int wan_comm_nccl_create(wan_bootstrap *b, int device, int timeout_s, void *cuda
     INIT_CU(cudaStreamCreateWithFlags(&ni->bg_stream, cudaStreamNonBlocking));
     INIT_CU(cudaEventCreateWithFlags(&ni->ready, cudaEventDisableTiming));
     for (int i = 0; i < WAN_NCCL_INFLIGHT; i++) INIT_CU(cudaEventCreateWithFlags(&ni->ring[i].done, cudaEventDisableTiming));
-    INIT_CU(cudaMalloc((void **)&ni->barrier_buf, sizeof(float)));
-    INIT_CU(cudaMemset(ni->barrier_buf, 0, sizeof(float)));
+    INIT_CU(cudaMalloc((void **)&ni->barrier_buf, 2 * sizeof(float)));
+    INIT_CU(cudaMemset(ni->barrier_buf, 0, 2 * sizeof(float)));
 
     /* rank 0 makes the id; everyone reads it after the fence */
     ncclUniqueId id;

@@ -168,6 +168,8 @@ struct ncclComm {
     /* WAN_EMU_NCCL_STATS=1: printed by ncclCommDestroy */
     uint64_t stat_ops, stat_bytes;
     double stat_wait, stat_max_wait;
+    size_t stat_first_p2p; /* elements of the first send or recv (NCCL connects the peer then) */
+    bool stat_p2p_seen;
 };
 
 static pthread_mutex_t last_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -820,6 +822,7 @@ static ncclResult_t run_p2p(struct ncclComm *c, op *ops, int nops) {
     bool aborted = false;
     for (int i = 0; i < nops; i++)
         if (ops[i].kind == K_SEND || ops[i].kind == K_RECV) {
+            if (!c->stat_p2p_seen) c->stat_first_p2p = ops[i].count, c->stat_p2p_seen = true;
             c->stat_ops++;
             c->stat_bytes += ops[i].count * type_size(ops[i].type);
         }
@@ -1373,9 +1376,10 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     if (stats && *stats && strcmp(stats, "0") != 0)
         fprintf(stderr,
                 "nccl emulator: %s rank %d of %d: %llu operations, %llu bytes in, %.3f s waiting for peers "
-                "(longest %.3f s)\n",
+                "(longest %.3f s), %s %zu elements\n",
                 comm->name, comm->rank, comm->nranks, (unsigned long long)comm->stat_ops,
-                (unsigned long long)comm->stat_bytes, comm->stat_wait, comm->stat_max_wait);
+                (unsigned long long)comm->stat_bytes, comm->stat_wait, comm->stat_max_wait,
+                comm->stat_p2p_seen ? "first send/recv of" : "no send/recv,", comm->stat_first_p2p);
     free_comm(comm);
     return ncclSuccess;
 }

@@ -115,7 +115,7 @@ EOF2
         tp2-sp-dp2) layout=(--nproc 4 --set parallel.tp=2 --set parallel.sp=true) name=$par gpus=four ;;
         *) layout=(--nproc 2 --set parallel.$par=2) name="$par=2" gpus=two ;;
         esac
-        WAN_EMU_NCCL_LAZY_MS=100 timeout 1800 "$WAN_TRAIN" "${common[@]}" "${layout[@]}" \
+        WAN_EMU_NCCL_STATS=1 WAN_EMU_NCCL_LAZY_MS=100 timeout 1800 "$WAN_TRAIN" "${common[@]}" "${layout[@]}" \
             --set train.device=\"cuda\" --set train.run_dir=\"$T/gpu-$par\" >"$T/train_gpu_$par.log" 2>&1
         rc=$?
         t_check "wan-train $name on $gpus emulated GPUs over the NCCL stand-in (exit $rc)" [ $rc = 0 ]
@@ -130,6 +130,15 @@ EOF2
             --kinds adam_m,adam_v --tol 0.1 >"$T/moments_$par.log" 2>&1
         rc=$?
         t_check "$name emulated Adam moments equal one emulated GPU's: $(tail -n1 "$T/moments_$par.log")" [ $rc = 0 ]
+        # NCCL connects a point-to-point peer at the first send/recv: every communicator that
+        # has any connected its ring neighbours with a one-element shift when it was made, not
+        # in the middle of a step beside the other communicators' kernels
+        if [ $par != dp ]; then
+            p2p=$(grep -c 'first send/recv of' "$T/train_gpu_$par.log")
+            late=$(grep 'first send/recv of' "$T/train_gpu_$par.log" | grep -vc 'first send/recv of 1 elements')
+            t_check "$name: all $p2p communicators with point-to-point traffic connected it when made ($late later)" \
+                test "$p2p" -gt 0 -a "$late" -eq 0
+        fi
         if [ $par = dp ] || [ $par = tp2-sp-dp2 ]; then
             t_check "$par: every block's gradient reduction started under the backward" \
                 grep -q 'gradient reduction over dp x cp (2 ranks): 2 of 2 blocks started under the backward' \
