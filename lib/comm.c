@@ -48,16 +48,30 @@ int wan_allgather(wan_group *g, void *recv, const void *send, size_t n, wan_dtyp
     return 0;
 }
 
-int wan_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+/* req NULL: the plain call; else started where the transport can (req->started says so). */
+static int broadcast_any(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req) {
     WAN_TRY(usable(g, "broadcast"));
     WAN_TRY(member(g, "broadcast", "root", root));
     if (g->size == 1 || n == 0) return 0;
-    WAN_TRY(g->comm->ops->broadcast(g, buf, n, dt, root));
+    if (req && g->comm->ops->broadcast_start) {
+        WAN_TRY(g->comm->ops->broadcast_start(g, buf, n, dt, root, &req->id));
+        req->started = true;
+    } else
+        WAN_TRY(g->comm->ops->broadcast(g, buf, n, dt, root));
     if (g->rank != (root + g->size - 1) % g->size) g->bytes_sent += bytes_of(n, dt);
     return 0;
 }
 
-/* req NULL: the plain call; else started where the transport can (req->started says so). */
+int wan_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+    return broadcast_any(g, buf, n, dt, root, NULL);
+}
+
+int wan_broadcast_start(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req) {
+    *req = (wan_comm_req){0};
+    return broadcast_any(g, buf, n, dt, root, req);
+}
+
+
 static int reduce_any(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req) {
     WAN_TRY(usable(g, "reduce"));
     WAN_TRY(member(g, "reduce", "root", root));

@@ -67,6 +67,9 @@ typedef struct wan_comm_ops {
     /* Optional: reduce whose buffer the compute issued before wait() must neither read (root)
      * nor write; *req identifies it. NULL: the wrappers use reduce. */
     int (*reduce_start)(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, uint64_t *req);
+    /* Optional: broadcast started the same way (buf neither read nor written by the compute
+     * until wait()). NULL: the wrappers use broadcast. */
+    int (*broadcast_start)(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, uint64_t *req);
     /* Optional: order the compute that follows after the started operation req. */
     int (*wait)(wan_group *g, uint64_t req);
     /* Optional: block until everything this rank enqueued has completed; report its failure. */
@@ -116,8 +119,10 @@ typedef struct wan_comm_req {
 } wan_comm_req;
 int wan_sendrecv_start(wan_group *g, const void *send, int to, void *recv, int from, size_t n, wan_dtype dt,
                        wan_comm_req *req);
-/* reduce started the same way: buf is not to be touched by the compute until wan_comm_wait. */
+/* reduce and broadcast started the same way: buf is not to be touched by the compute until
+ * wan_comm_wait. */
 int wan_reduce_start(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req);
+int wan_broadcast_start(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req);
 int wan_comm_wait(wan_group *g, wan_comm_req *req);
 /* Wait until every operation this rank enqueued has completed (under the timeout); 0, or the
  * failure one of them met. No-op on a transport that completes each call on return. */

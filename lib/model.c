@@ -177,7 +177,14 @@ void wan_model_destroy(wan_model *m) {
     memset(m, 0, sizeof *m);
 }
 
+static int params_needed(wan_model *m, int layer) {
+    return m->params_needed ? m->params_needed(m->params_ctx, layer) : 0;
+}
+
+int wan_model_params_wait(wan_model *m) { return params_needed(m, WAN_PARAMS_ALL); }
+
 void wan_model_get_params(wan_model *m, float *host) {
+    (void)wan_model_params_wait(m);
     size_t n = (size_t)m->ps.total;
     if (m->be->param == WAN_F32) {
         m->be->download(m->be, host, m->w, n * sizeof(float));
@@ -190,6 +197,7 @@ void wan_model_get_params(wan_model *m, float *host) {
 }
 
 void wan_model_set_params(wan_model *m, const float *host) {
+    (void)wan_model_params_wait(m);
     size_t n = (size_t)m->ps.total;
     if (m->be->param == WAN_F32) {
         m->be->upload(m->be, m->w, host, n * sizeof(float));
@@ -570,7 +578,9 @@ int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, fl
     }
     free(host);
 
-    /* embeddings */
+    /* embeddings (the weights of the last step may still be on their way: each part of the
+     * forward waits for its own) */
+    WAN_TRY(params_needed(m, WAN_PARAMS_BEFORE_BLOCKS));
     if (m->first) {
         op->matmul_fwd(be, a->x, WAN_F32, a->patches, be->act, PARAM(m, m->o_patch_w), PARAM(m, m->o_patch_b), s->T,
                        D, m->P_in);
@@ -582,8 +592,10 @@ int wan_model_forward(wan_model *m, const wan_model_input *in, double *sqsum, fl
     for (int l = m->l0; l < m->l1; l++) {
         wan_block_acts *k = &a->blocks[l];
         be->copy(be, k->x_in, a->x, (size_t)s->T * D * sizeof(float));
+        WAN_TRY(params_needed(m, l));
         WAN_TRY(wan_block_forward(m, l, k));
     }
+    WAN_TRY(params_needed(m, WAN_PARAMS_ALL)); /* the head's; none left in flight after a forward */
     if (!m->last) { /* the next stage goes on from x (wan_pipe_send_forward) */
         if (sqsum)
             for (int b = 0; b < B; b++) sqsum[b] = 0;

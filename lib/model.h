@@ -119,7 +119,14 @@ typedef struct wan_model {
     bool grads_final;
     int (*block_grads_done)(void *ctx, int layer);
     void *block_grads_ctx;
+    /* Called before weights are read: those of block `layer`, WAN_PARAMS_BEFORE_BLOCKS (the
+     * embeddings) or WAN_PARAMS_ALL; the optimizer's weight gather may still be in flight. */
+    int (*params_needed)(void *ctx, int layer);
+    void *params_ctx;
 } wan_model;
+
+#define WAN_PARAMS_BEFORE_BLOCKS (-1)
+#define WAN_PARAMS_ALL (-2)
 
 /* Inputs of one micro-batch (host memory). With noise and sigma the model sees
  * x_t = (1 - sigma) latent + sigma noise at timestep 1000 sigma and the loss target is
@@ -177,7 +184,12 @@ int wan_model_backward(wan_model *m);
  * the blocks (layer -1). */
 int wan_model_reduce_tp_grads(wan_model *m, int layer);
 
-/* Copy parameters between the backend buffer and host fp32 (this rank's flat buffer). */
+/* Wait until every weight is in place (what params_needed would wait for with WAN_PARAMS_ALL):
+ * before reading or writing m->w outside the forward. */
+int wan_model_params_wait(wan_model *m);
+
+/* Copy parameters between the backend buffer and host fp32 (this rank's flat buffer), after
+ * wan_model_params_wait (a failure there is reported by the next collective). */
 void wan_model_get_params(wan_model *m, float *host);
 void wan_model_set_params(wan_model *m, const float *host);
 

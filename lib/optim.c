@@ -64,6 +64,14 @@ static int block_ranges(wan_optim *o) {
     }
     if (!ok)
         for (int b = 0; b < nb; b++) o->blk_lo[b] = o->blk_hi[b] = 0;
+    /* the weights come back block by block when, besides the blocks' runs, only the head lies
+     * after the first block (the forward reads everything else before the blocks) */
+    o->wpieces = ok && nb > 0;
+    for (int i = 0; i < m->ps.n && o->wpieces; i++) {
+        const wan_param *p = &m->ps.p[i];
+        if (p->present && p->layer < 0 && p->offset + p->numel > o->blk_lo[0] && strncmp(p->name, "head.", 5))
+            o->wpieces = false;
+    }
     return 0;
 }
 
@@ -98,6 +106,73 @@ int wan_optim_block_grads_done(void *ctx, int layer) {
     o->blk_started[b] = true;
     return o->blk_lo[b] < o->blk_hi[b] ? reduce_range(o, o->blk_lo[b], o->blk_hi[b]) : 0;
 }
+
+/* ---------------------------------------------------------------- the weight gather */
+
+/* Wait for the pieces of the gather that start below `bound`. */
+static int weights_wait(wan_optim *o, int64_t bound) {
+    wan_group *g = &o->m->dist->dpcp_g;
+    while (o->wdone < o->nw && o->wlo[o->wdone] < bound) WAN_TRY(wan_comm_wait(g, &o->wreqs[o->wdone++]));
+    if (o->wdone == o->nw) o->nw = o->wdone = 0;
+    return 0;
+}
+
+int wan_optim_params_needed(void *ctx, int layer) {
+    wan_optim *o = ctx;
+    int64_t bound = o->m->ps.total;
+    if (layer == WAN_PARAMS_BEFORE_BLOCKS && o->l1 > o->l0) bound = o->blk_lo[0];
+    if (layer >= o->l0 && layer < o->l1) bound = o->blk_hi[layer - o->l0];
+    return weights_wait(o, bound);
+}
+
+static int weights_piece(wan_optim *o, int64_t a, int64_t b, int owner) {
+    wan_model *m = o->m;
+    if (o->nw == o->w_cap) {
+        int cap = o->w_cap ? 2 * o->w_cap : 128;
+        wan_comm_req *r = realloc(o->wreqs, (size_t)cap * sizeof *r);
+        if (r) o->wreqs = r;
+        int64_t *lo = realloc(o->wlo, (size_t)cap * sizeof *lo);
+        if (lo) o->wlo = lo;
+        if (!r || !lo) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
+        o->w_cap = cap;
+    }
+    o->wlo[o->nw] = a;
+    size_t psz = wan_dtype_size(m->be->param);
+    return wan_broadcast_start(&m->dist->dpcp_g, (char *)m->w + (size_t)a * psz, (size_t)(b - a), m->be->param, owner,
+                               &o->wreqs[o->nw++]);
+}
+
+/* Every member's slice of the new weights to every member: one all-gather, or broadcasts from
+ * each slice's owner cut at the blocks' bounds, in buffer order (the forward's order). Same
+ * bytes either way. */
+static int weights_gather(wan_optim *o) {
+    wan_model *m = o->m;
+    wan_group *g = &m->dist->dpcp_g;
+    size_t psz = wan_dtype_size(m->be->param);
+    if (g->size == 1) return 0;
+    if (!o->wpieces)
+        return wan_allgather(g, m->w, (char *)m->w + (size_t)o->lo * psz, (size_t)(o->hi - o->lo), m->be->param);
+    int nb = o->l1 - o->l0;
+    for (int k = 0; k < g->size; k++) {
+        int64_t lo, hi;
+        wan_zero_range(m->ps.total, g->size, k, &lo, &hi);
+        for (int64_t a = lo; a < hi;) {
+            int64_t cut = hi;
+            for (int b = 0; b < nb; b++) {
+                if (o->blk_lo[b] > a && o->blk_lo[b] < cut) cut = o->blk_lo[b];
+                if (o->blk_hi[b] > a && o->blk_hi[b] < cut) cut = o->blk_hi[b];
+            }
+            WAN_TRY(weights_piece(o, a, cut, k));
+            a = cut;
+        }
+    }
+    if (o->step == 1)
+        wan_info("weight gather over dp x cp (%d ranks): %d pieces, each waited for by the forward that reads it",
+                 g->size, o->nw);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the gradient reduction */
 
 /* Forget this step's early reductions (after the wait, or after a failure ended the step). */
 static void reduce_reset(wan_optim *o) {
@@ -169,9 +244,10 @@ void wan_optim_reset_masters(wan_optim *o) {
 /* The buffers belong to the model's state allocation, freed with the model. */
 void wan_optim_destroy(wan_optim *o) {
     /* reductions a failed step left in flight write into the gradients: let them finish */
-    if (o->m && o->nreq) (void)wan_comm_flush(o->m->dist->comm);
+    if (o->m && (o->nreq || o->nw)) (void)wan_comm_flush(o->m->dist->comm);
     free(o->seg);
     free(o->blk_lo), free(o->blk_hi), free(o->blk_started), free(o->reqs);
+    free(o->wreqs), free(o->wlo);
     memset(o, 0, sizeof *o);
 }
 
@@ -211,7 +287,8 @@ int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out) {
     wan_model *m = o->m;
     wan_backend *be = m->be;
     wan_dist *d = m->dist;
-    size_t n = (size_t)(o->hi - o->lo);
+    /* the last step's weights are all in place after a forward; this is for a step without */
+    WAN_TRY(weights_wait(o, m->ps.total));
     int rrc = reduce_rest(o);
     if (rrc) {
         reduce_reset(o);
@@ -252,8 +329,7 @@ int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out) {
                        (char *)m->w + (size_t)s->lo * psz, len, (float)lr, (float)o->cfg.beta1, (float)o->cfg.beta2,
                        (float)o->cfg.eps, s->decay ? (float)o->cfg.weight_decay : 0.0f, clip, o->step);
     }
-    if (d->dpcp_g.size > 1)
-        WAN_TRY(wan_allgather(&d->dpcp_g, m->w, (char *)m->w + (size_t)o->lo * psz, n, be->param));
+    WAN_TRY(weights_gather(o));
     be->memset0(be, m->g, (size_t)m->ps.total * sizeof(float));
     return 0;
 }

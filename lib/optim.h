@@ -4,7 +4,9 @@
  * and both moments of its slice only, updates them, and the new weights are all-gathered.
  * A block's gradients start their reduction as soon as the step's last backward has passed the
  * block (wan_optim_block_grads_done), under the backward of the blocks below; the rest at the
- * step. Decay on matrices only; global-norm clipping; warm-up then constant or cosine learning
+ * step. The weights travel back the same way: the gather is a broadcast from each slice's owner
+ * per piece of a block, which the next forward waits for block by block
+ * (wan_optim_params_needed), so it runs under the forward of the blocks before. Decay on matrices only; global-norm clipping; warm-up then constant or cosine learning
  * rate. */
 #ifndef WAN_OPTIM_H
 #define WAN_OPTIM_H
@@ -44,6 +46,14 @@ typedef struct {
     bool *blk_started;
     wan_comm_req *reqs;
     int nreq, req_cap;
+    /* Weight gather in flight: pieces in buffer order (piece i starts at wlo[i]), the first
+     * wdone already waited for; wpieces false: one all-gather at the step instead (the
+     * blocks are not one run each, or a parameter the forward reads before the blocks lies
+     * after them). */
+    bool wpieces;
+    wan_comm_req *wreqs;
+    int64_t *wlo;
+    int nw, wdone, w_cap;
 } wan_optim;
 
 /* Bytes the optimizer takes from the model's state allocation (wan_model_create reserves them
@@ -57,8 +67,13 @@ double wan_optim_lr(const wan_optim *o, int step); /* learning rate of step (1-b
 /* The model's block_grads_done hook (ctx: the optimizer): block `layer`'s gradients are
  * complete; start their reduction (tensor-parallel partial sums, then over dp x cp). */
 int wan_optim_block_grads_done(void *ctx, int layer);
-/* Reduce the gradients not reduced yet, clip, update, gather weights, zero gradients. Returns
- * the global gradient norm before clipping. */
+/* The model's params_needed hook (ctx: the optimizer): the forward is about to read block
+ * `layer`'s weights (WAN_PARAMS_BEFORE_BLOCKS: those before the blocks; WAN_PARAMS_ALL: all):
+ * the compute waits for their pieces of the gather. */
+int wan_optim_params_needed(void *ctx, int layer);
+/* Reduce the gradients not reduced yet, clip, update, start gathering the weights (waited for
+ * by the next forward, or wan_model_params_wait), zero gradients. Returns the global gradient
+ * norm before clipping. */
 int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out);
 /* Re-read the masters from the model's weights (after loading weights without optimizer state). */
 void wan_optim_reset_masters(wan_optim *o);

@@ -90,6 +90,7 @@ int wan_state_save(wan_model *m, wan_optim *o, const wan_config *cfg, int step, 
     if (!w || !opt) rc = wan_fail(WAN_ERR_RUNTIME, "out of host memory saving a checkpoint");
     wan_grid_pos g;
     if (!rc) rc = grid_position(m, o, &g);
+    if (!rc) rc = wan_model_params_wait(m); /* the last step's weight gather */
     if (!rc) {
         be->download(be, w, m->w, n * psz);
         be->download(be, opt, o->master, ns * sizeof(float));
@@ -162,6 +163,7 @@ int wan_state_load(wan_model *m, wan_optim *o, const char *path, int *step, wan_
         }
         rc = wan_ckpt_read_box(&c, t, &pc[i].box, w + (size_t)pc[i].flat * psz, be->param);
     }
+    if (!rc) rc = wan_model_params_wait(m);
     if (!rc) be->upload(be, m->w, w, n * psz);
     free(w);
     bool has_opt = wan_ckpt_find(&c, m->ps.p[0].name, 1) != NULL;

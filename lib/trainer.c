@@ -93,6 +93,8 @@ static int setup(job *j, const wan_train_opts *opts) {
     WAN_TRY(wan_optim_create(&j->opt, &j->model, &cfg->train));
     j->model.block_grads_done = wan_optim_block_grads_done;
     j->model.block_grads_ctx = &j->opt;
+    j->model.params_needed = wan_optim_params_needed;
+    j->model.params_ctx = &j->opt;
 
     if (cfg->train.ckpt_dir[0]) snprintf(j->ckpt_root, sizeof j->ckpt_root, "%s", cfg->train.ckpt_dir);
     else snprintf(j->ckpt_root, sizeof j->ckpt_root, "%.900s/checkpoints", cfg->train.run_dir);
@@ -323,6 +325,12 @@ static int run(job *j, const wan_train_opts *opts) {
         long long cb0[7], cb1[7];
         comm_bytes(j, cb0);
         WAN_TRY(train_step(j, step, &loss, &seq));
+        /* agree on a stop request (a signal may reach ranks at different moments); before the
+         * optimizer, whose weight gather then runs on under the next step's forward (this
+         * exchange waits for the GPU) */
+        float stop = stop_signal ? 1.0f : 0.0f;
+        WAN_TRY(world_max(j, &stop));
+        stopped = stop > 0;
         WAN_TRY(wan_optim_step(&j->opt, &gnorm, &lr));
         tokens_per_sample = seq;
         if (step == start_step + 1 && j->rt.boot.rank == 0)
@@ -330,10 +338,6 @@ static int run(job *j, const wan_train_opts *opts) {
                      "%.1f MiB (%d micro-batch%s in flight), peak %.1f MiB", j->rt.be->name, j->model.state_bytes / 1048576.0,
                      wan_model_activation_bytes(&j->model) / 1048576.0, j->model.nslots > 1 ? j->model.nslots : 1,
                      j->model.nslots > 1 ? "es" : "", j->rt.be->mem_peak / 1048576.0);
-        /* agree on a stop request (a signal may reach ranks at different moments) */
-        float stop = stop_signal ? 1.0f : 0.0f;
-        WAN_TRY(world_max(j, &stop));
-        stopped = stop > 0;
         comm_bytes(j, cb1);
         bool save = stopped || step == cfg->train.steps ||
                     (cfg->train.ckpt_interval > 0 && step % cfg->train.ckpt_interval == 0);

@@ -9,6 +9,9 @@ t_ok() { T_PASSED=$((T_PASSED + 1)); echo "ok   $*"; }
 t_fail() { T_FAILED=$((T_FAILED + 1)); echo "FAIL $*"; }
 # t_check NAME CMD...: passes when CMD exits 0
 t_check() { local name=$1; shift; if "$@"; then t_ok "$name"; else t_fail "$name"; fi; }
+# t_check_all NAME 'COND': COND is a whole shell condition (with && or ||), evaluated as one;
+# `t_check NAME [ a ] && [ b ]` would check only the first part.
+t_check_all() { if eval "$2"; then t_ok "$1"; else t_fail "$1"; fi; }
 t_summary() { echo "$T_PASSED passed, $T_FAILED failed"; [ "$T_FAILED" = 0 ]; }
 # A private scratch directory removed at exit.
 t_tmpdir() { T_TMP=$(mktemp -d "${TMPDIR:-/tmp}/wan-test.XXXXXX"); trap 'rm -rf "$T_TMP"' EXIT; }

@@ -464,11 +464,19 @@ static int nccl_allgather(wan_group *g, void *recv, const void *send, size_t n, 
     return finish(g, comm, r, "allgather", NULL);
 }
 
-static int nccl_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+static int broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, uint64_t *req) {
     ncclComm_t comm = NULL;
     WAN_TRY(enter(g, "broadcast", &comm));
     ncclResult_t r = ncclBroadcast(buf, buf, n, nccl_type(dt), root, comm, stream_of(g));
-    return finish(g, comm, r, "broadcast", NULL);
+    return finish(g, comm, r, "broadcast", req);
+}
+
+static int nccl_broadcast(wan_group *g, void *buf, size_t n, wan_dtype dt, int root) {
+    return broadcast(g, buf, n, dt, root, NULL);
+}
+
+static int nccl_broadcast_start(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, uint64_t *req) {
+    return broadcast(g, buf, n, dt, root, req);
 }
 
 static int reduce(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, uint64_t *req) {
@@ -644,6 +652,7 @@ static const wan_comm_ops nccl_ops = {
     .broadcast = nccl_broadcast,
     .reduce = nccl_reduce,
     .reduce_start = nccl_reduce_start,
+    .broadcast_start = nccl_broadcast_start,
     .sendrecv = nccl_sendrecv,
     .sendrecv_start = nccl_sendrecv_start,
     .wait = nccl_wait,

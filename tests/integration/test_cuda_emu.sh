@@ -47,8 +47,9 @@ done
 t_check "emulator: a missing __syncthreads gives a wrong sum in one thread order" [ $race = 1 ]
 expect_abort() { # mode, text the emulator must print
     "$EMU/tests/emu/emu_selfcheck" "$1" >"$T/log" 2>&1
-    local rc=$?
-    t_check "emulator: $1 stops the kernel (exit $rc): $2" [ $rc != 0 ] && grep -q "$2" "$T/log"
+    local rc=$? ok=0
+    [ $rc != 0 ] && grep -q "$2" "$T/log" && ok=1
+    t_check "emulator: $1 stops the kernel (exit $rc): $2" [ $ok = 1 ]
 }
 expect_abort early-exit '__syncthreads reached by 100 threads after 28'
 expect_abort shfl-exited 'lane 7 is finished while lane 0 waits at a warp operation'
@@ -81,9 +82,9 @@ done
 # the fallback kernel, still equal to the CPU backend, and said once per shape
 WAN_EMU_CUBLASLT_REFUSE=1000000000 timeout 600 "$EMU/tests/tools/gpu_check" --quick --seed 7 --only matmul \
     >"$T/fallback.log" 2>"$T/fallback.err"
-rc=$?
-t_check "GEMM fallback kernel for every matmul check: $(tail -n1 "$T/fallback.log")" [ $rc = 0 ] &&
-    [ "$(grep -c 'using the fallback kernel' "$T/fallback.err")" -gt 5 ]
+rc=$? ok=0
+[ $rc = 0 ] && [ "$(grep -c 'using the fallback kernel' "$T/fallback.err")" -gt 5 ] && ok=1
+t_check "GEMM fallback kernel for every matmul check: $(tail -n1 "$T/fallback.log")" [ $ok = 1 ]
 [ $rc = 0 ] || grep -v ' ok$' "$T/fallback.log" | tail -n 20
 
 # ---- 4. the whole model against the CPU backend
@@ -128,17 +129,16 @@ gpu_run() { # deadline, log
         WAN_TEST_GPU_DEADLINE=$1 WAN_TEST_GPU_STRICT=1 timeout 120 tests/gpu/run.sh >"$2" 2>&1
 }
 gpu_run 30 "$T/run_short.log"
-rc=$?
-t_check "test-gpu driver: gpu_check stopped at the deadline, exit $rc" [ $rc = 1 ] &&
-    grep -Eq 'ops vs CPU \(gpu_check\) *FAIL *timed out after [0-9]+ s' "$T/run_short.log"
+rc=$? ok=0
+[ $rc = 1 ] && grep -Eq 'ops vs CPU \(gpu_check\) *FAIL *timed out after [0-9]+ s' "$T/run_short.log" && ok=1
+t_check "test-gpu driver: gpu_check stopped at the deadline, exit $rc" [ $ok = 1 ]
 t_check "test-gpu driver: the model check is reported as not run (deadline)" \
     grep -q 'whole model vs CPU (gpu_model_check) *MISSING *deadline' "$T/run_short.log"
 t_check "test-gpu driver: summary line counts the failure and the missing checks" \
     grep -Eq '^test-gpu: 0 passed, 1 failed, [1-9] missing$' "$T/run_short.log"
 [ $rc = 1 ] || tail -n 20 "$T/run_short.log"
 gpu_run 10 "$T/run_none.log"
-rc=$?
-t_check "test-gpu driver: nothing fits a 10 s deadline, strict exit $rc" [ $rc = 1 ] &&
-    grep -q 'a missing check is a failure' "$T/run_none.log" &&
-    ! grep -q ' ok ' "$T/run_none.log"
+rc=$? ok=0
+[ $rc = 1 ] && grep -q 'a missing check is a failure' "$T/run_none.log" && ! grep -q ' ok ' "$T/run_none.log" && ok=1
+t_check "test-gpu driver: nothing fits a 10 s deadline, strict exit $rc" [ $ok = 1 ]
 t_summary

@@ -6,7 +6,7 @@
 # late (the transport's ordering of compute after its asynchronous transfers), a hung rank
 # reported within the transport's timeout (as tests/gpu/run.sh step 4 expects), the stand-in's
 # own timeout naming the missing rank, and nothing left in /dev/shm.
-# Then wan-train with train.device = "cuda" on two ranks (tp=2, pp=2, cp=2, dp=2; two steps) against
+# Then wan-train with train.device = "cuda" on two ranks (tp=2, pp=2, cp=2, dp=2; three steps) against
 # the CPU run and the one-GPU emulated run (WAN_EMU_NCCL_TRAIN=0 skips it). GPU_CHECK /
 # WAN_TRAIN override the binaries. Last, a rank stopped mid-run (SIGSTOP) must end the job
 # within train.comm_timeout through the NCCL watchdog.
@@ -37,8 +37,8 @@ passing_ranks() { grep -c '^rank [0-9]*: [0-9]* passed, 0 failed' "$1" || true; 
 for n in 1 2 3 4; do
     timeout 300 "$GPU_CHECK" --nccl --nproc $n >"$T/n$n.log" 2>&1
     rc=$?
-    t_check "gpu_check --nccl --nproc $n (exit $rc): $(passing_ranks "$T/n$n.log") of $n ranks pass" \
-        [ $rc = 0 ] && [ "$(passing_ranks "$T/n$n.log")" = $n ]
+    t_check_all "gpu_check --nccl --nproc $n (exit $rc): $(passing_ranks "$T/n$n.log") of $n ranks pass" \
+        '[ $rc = 0 ] && [ "$(passing_ranks "$T/n$n.log")" = $n ]'
     [ $rc = 0 ] || tail -n 20 "$T/n$n.log"
 done
 
@@ -46,44 +46,46 @@ for n in 2 3; do
     WAN_EMU_NCCL_SLOT_BYTES=200 WAN_EMU_NCCL_CHAN_BYTES=100 timeout 300 "$GPU_CHECK" --nccl --nproc $n \
         >"$T/small$n.log" 2>&1
     rc=$?
-    t_check "gpu_check --nccl --nproc $n with 256-byte slots and 128-byte channels (exit $rc)" \
-        [ $rc = 0 ] && [ "$(passing_ranks "$T/small$n.log")" = $n ]
+    t_check_all "gpu_check --nccl --nproc $n with 256-byte slots and 128-byte channels (exit $rc)" \
+        '[ $rc = 0 ] && [ "$(passing_ranks "$T/small$n.log")" = $n ]'
     [ $rc = 0 ] || tail -n 20 "$T/small$n.log"
 done
 
 # every transfer as late as allowed: a result read before the transport ordered it is stale
 WAN_EMU_NCCL_LAZY_MS=100 timeout 300 "$GPU_CHECK" --nccl --nproc 2 >"$T/delay.log" 2>&1
 rc=$?
-t_check "gpu_check --nccl --nproc 2 with every NCCL task as late as allowed (exit $rc)" \
-    [ $rc = 0 ] && [ "$(passing_ranks "$T/delay.log")" = 2 ]
+t_check_all "gpu_check --nccl --nproc 2 with every NCCL task as late as allowed (exit $rc)" \
+    '[ $rc = 0 ] && [ "$(passing_ranks "$T/delay.log")" = 2 ]'
 [ $rc = 0 ] || tail -n 20 "$T/delay.log"
 
 # a hung rank: the others fail within the transport's timeout, naming the collective and group
 start=$(date +%s)
 timeout 300 "$GPU_CHECK" --nccl --nproc 2 --timeout 5 --hang-rank 1 >"$T/hang.log" 2>&1
 took=$(($(date +%s) - start))
-t_check "hung rank 1 reported by rank 0 within the 5 s timeout ($took s in all)" \
-    [ "$(passing_ranks "$T/hang.log")" = 1 ] && grep -q 'hung peer was reported after [0-9.]* s: NCCL allreduce on group world' "$T/hang.log"
+t_check_all "hung rank 1 reported by rank 0 within the 5 s timeout ($took s in all)" \
+    '[ "$(passing_ranks "$T/hang.log")" = 1 ] &&
+     grep -q "hung peer was reported after [0-9.]* s: NCCL allreduce on group world" "$T/hang.log"'
 grep -q 'hung peer' "$T/hang.log" || tail -n 20 "$T/hang.log"
 
 # the stand-in's own deadline, shorter than the transport's: ncclGetLastError names the rank
 WAN_EMU_NCCL_TIMEOUT=2 timeout 300 "$GPU_CHECK" --nccl --nproc 3 --timeout 8 --hang-rank 1 >"$T/emu_timeout.log" 2>&1
-t_check "WAN_EMU_NCCL_TIMEOUT=2: ranks 0 and 2 report that rank 1 did not arrive" \
-    [ "$(passing_ranks "$T/emu_timeout.log")" = 2 ] && grep -q 'WAN_EMU_NCCL_TIMEOUT.*waiting for rank 1 ' "$T/emu_timeout.log"
+t_check_all "WAN_EMU_NCCL_TIMEOUT=2: ranks 0 and 2 report that rank 1 did not arrive" \
+    '[ "$(passing_ranks "$T/emu_timeout.log")" = 2 ] &&
+     grep -q "WAN_EMU_NCCL_TIMEOUT.*waiting for rank 1 " "$T/emu_timeout.log"'
 grep -q 'WAN_EMU_NCCL_TIMEOUT' "$T/emu_timeout.log" || tail -n 20 "$T/emu_timeout.log"
 
 shm_after=$(ls /dev/shm 2>/dev/null | grep -c '^wan-emu-nccl-' || true)
 t_check "no shared-memory segment left in /dev/shm ($shm_before before, $shm_after after)" [ "$shm_after" = "$shm_before" ]
 
 if [ "${WAN_EMU_NCCL_TRAIN:-1}" = 1 ]; then
-    common=(--config configs/tiny.cfg --set train.steps=2 --set train.gbs=2 --set train.log_interval=1
+    common=(--config configs/tiny.cfg --set train.steps=3 --set train.gbs=2 --set train.log_interval=1
             --set train.ckpt_interval=0 --set eval.interval=0)
     bin/wan-train "${common[@]}" --set train.run_dir=\"$T/cpu\" >"$T/train_cpu.log" 2>&1
     t_check "wan-train on the CPU, the reference steps" [ $? = 0 ]
     timeout 900 "$WAN_TRAIN" "${common[@]}" --set train.device=\"cuda\" --set train.run_dir=\"$T/gpu-1\" \
         >"$T/train_gpu_1.log" 2>&1
     t_check "wan-train on one emulated GPU, the reference for the same arithmetic over two" [ $? = 0 ]
-    # compare RUN REF TOL [MIN]: losses and gradient norms of the two steps within relative TOL
+    # compare RUN REF TOL [MIN]: losses and gradient norms of the three steps within relative TOL
     # (and at least MIN apart somewhere: bf16 against fp32 cannot agree exactly)
     compare() {
         python3 - "$1" "$2" "$3" "${4:-0}" <<'EOF2'
@@ -91,9 +93,9 @@ import json, sys
 def steps(p):
     return [(r["loss"], r["grad_norm"]) for r in map(json.loads, open(p)) if r["type"] == "step"]
 # step 1's loss does not depend on the weights (the head starts at zero): its gradient norm and
-# step 2's loss do
+# step 2's loss do; step 1 changes only the head, so step 3 is the first to see new block weights
 g, c, tol, least = steps(sys.argv[1]), steps(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-assert len(g) == len(c) == 2, (len(g), len(c))
+assert len(g) == len(c) == 3, (len(g), len(c))
 worst = max(abs(a - b) / abs(b) for x, y in zip(g, c) for a, b in zip(x, y))
 print(f"worst relative difference {worst:.2e} (limit {tol:g})")
 sys.exit(0 if least <= worst < tol else 1)
@@ -124,8 +126,9 @@ EOF2
         t_check "$name emulated losses and gradient norms follow the CPU run (bf16 vs fp32): $out" [ $? = 0 ]
         out=$(compare "$T/gpu-$par/steps.jsonl" "$T/gpu-1/steps.jsonl" 1e-4 2>&1)
         t_check "$name emulated run equals one emulated GPU's: $out" [ $? = 0 ]
-        # the two steps' losses barely see the blocks' gradients (the head starts at zero): the
-        # Adam moments do (a dropped wait for the ring's dK/dV accumulator: 0.67 and 0.80)
+        # the steps' losses barely see the blocks' gradients (the head starts at zero): the
+        # Adam moments do (a dropped wait for the ring's dK/dV accumulator: 0.67 and 0.80; for
+        # the blocks' weight pieces in dp=2: 1.0)
         "$CKPT_COMPARE" "$T/gpu-$par/checkpoints/latest" "$T/gpu-1/checkpoints/latest" \
             --kinds adam_m,adam_v --tol 0.1 >"$T/moments_$par.log" 2>&1
         rc=$?
@@ -136,12 +139,18 @@ EOF2
         if [ $par != dp ]; then
             p2p=$(grep -c 'first send/recv of' "$T/train_gpu_$par.log")
             late=$(grep 'first send/recv of' "$T/train_gpu_$par.log" | grep -vc 'first send/recv of 1 elements')
-            t_check "$name: all $p2p communicators with point-to-point traffic connected it when made ($late later)" \
-                test "$p2p" -gt 0 -a "$late" -eq 0
+            t_check_all "$name: all $p2p communicators with point-to-point traffic connected it when made ($late later)" \
+                '[ "$p2p" -gt 0 ] && [ "$late" = 0 ]'
         fi
         if [ $par = dp ] || [ $par = tp2-sp-dp2 ]; then
             t_check "$par: every block's gradient reduction started under the backward" \
                 grep -q 'gradient reduction over dp x cp (2 ranks): 2 of 2 blocks started under the backward' \
+                "$T/train_gpu_$par.log"
+            # and the new weights come back in pieces the next forward waits for one by one
+            # (without those waits the third step reads stale block weights: its gradient norm
+            # differs by 8e-3, the moments by 1.0)
+            t_check "$par: the weight gather runs in pieces under the next forward" \
+                grep -q 'weight gather over dp x cp (2 ranks): [0-9]* pieces, each waited for by the forward' \
                 "$T/train_gpu_$par.log"
         fi
     done
@@ -160,8 +169,9 @@ EOF2
     kill -9 $job "$pid1" 2>/dev/null
     wait $job
     rc=$?
-    t_check "tp=2 rank 1 stopped after step 1: the job ends in $took s (exit $rc), rank 0 names the stalled collective" \
-        [ -n "$pid1" ] && [ $rc != 0 ] && [ $took -lt 60 ] && grep -q 'NCCL .* on group .*no progress for 5 s (comm_timeout)' "$T/stop.log"
+    t_check_all "tp=2 rank 1 stopped after step 1: the job ends in $took s (exit $rc), rank 0 names the stalled collective" \
+        '[ -n "$pid1" ] && [ $rc != 0 ] && [ $took -lt 60 ] &&
+         grep -q "NCCL .* on group .*no progress for 5 s (comm_timeout)" "$T/stop.log"'
     grep -q 'no progress for 5 s' "$T/stop.log" || tail -n 20 "$T/stop.log"
 fi
 t_summary

@@ -822,6 +822,19 @@ static int nccl_collectives(wan_group *g, size_t n) {
     for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[p - 1], 0, i);
     free(h);
     nexpect(ok, "broadcast", g);
+    /* started broadcast from member 0: a device copy after wait() sees the root's data */
+    if (op->broadcast_start) {
+        nput(buf, WAN_F32, n, nf, &me);
+        uint64_t breq = 0;
+        WAN_TRY(op->broadcast_start(g, buf, n, WAN_F32, 0, &breq));
+        WAN_TRY(op->wait(g, breq));
+        gpu->copy(gpu, buf2, buf, n * sizeof(float));
+        h = nget(buf2, WAN_F32, n);
+        ok = true;
+        for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[0], 0, i);
+        free(h);
+        nexpect(ok, "broadcast_start + wait", g);
+    }
     /* reduce (f32 sum) to the last member: the others keep their input */
     nput(buf, WAN_F32, n, nf, &me);
     WAN_TRY(op->reduce(g, buf, n, WAN_F32, p - 1));
