@@ -130,6 +130,66 @@ static int reduce_finish(tp_ring *r) {
     return 0;
 }
 
+/* out (this rank's rows, fp32) = the row-parallel layer w [D, K] applied to in [Tf, K] (act),
+ * its partial sums over tp reduced chunk by chunk (the bias comes with the residual). */
+static int row_parallel_forward(wan_model *m, float *out, const void *in, int K, int64_t w) {
+    const wan_ops *op = m->be->ops;
+    float *part = m->a->y_part;
+    tp_ring r;
+    int c;
+    WAN_TRY(reduce_begin(&r, m, part, out, m->D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        op->matmul_fwd(m->be, part + r0 * m->D, WAN_F32, ACT_AT(m, in, r0 * K), m->be->act, PARAM(m, w), NULL, r.rows,
+                       m->D, K);
+        WAN_TRY(reduce_next(&r, &c));
+    }
+    return reduce_finish(&r);
+}
+
+/* din [Tf, K] = a->dy @ w, the row-parallel layer's input gradient, chunk by chunk as the rows
+ * of a->dy arrive (this rank's are in place); with h, each chunk then goes through the GELU
+ * backward into dh. */
+static int row_parallel_backward_input(wan_model *m, void *din, int K, int64_t w, void *dh, const void *h) {
+    const wan_ops *op = m->be->ops;
+    wan_dtype act = m->be->act;
+    tp_ring r;
+    int c;
+    WAN_TRY(gather_begin(&r, m, m->a->dy, m->D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r.rows;
+        void *d = ACT_AT(m, din, r0 * K);
+        op->matmul_bwd(m->be, d, act, false, NULL, NULL, ACT_AT(m, m->a->dy, r0 * m->D), act, NULL, act, PARAM(m, w),
+                       r.rows, m->D, K);
+        if (dh) op->gelu_bwd(m->be, ACT_AT(m, dh, r0 * K), d, ACT_AT(m, h, r0 * K), (size_t)r.rows * K);
+        WAN_TRY(gather_next(&r, &c));
+    }
+    return 0;
+}
+
+/* a->dln [Tf, D] = dout [Tf, N] @ w (+ dout2 [Tf, N2] @ w2: q|k and v share their input), the
+ * input gradient of a column-parallel layer, partial over tp: chunk by chunk into the reduce
+ * ring r, whose last transfer the caller covers with other work before reduce_finish (this
+ * rank's rows into a->y_part). */
+static int column_parallel_backward_input(wan_model *m, tp_ring *r, const void *dout, int N, const void *w,
+                                          const void *dout2, int N2, const void *w2) {
+    const wan_ops *op = m->be->ops;
+    wan_dtype act = m->be->act;
+    int c;
+    WAN_TRY(reduce_begin(r, m, m->a->dln, m->a->y_part, m->D, &c));
+    while (c >= 0) {
+        size_t r0 = (size_t)c * r->rows;
+        float *din = m->a->dln + r0 * m->D;
+        op->matmul_bwd(m->be, din, WAN_F32, false, NULL, NULL, ACT_AT(m, dout, r0 * N), act, NULL, act, w, r->rows, N,
+                       m->D);
+        if (dout2)
+            op->matmul_bwd(m->be, din, WAN_F32, true, NULL, NULL, ACT_AT(m, dout2, r0 * N2), act, NULL, act, w2, r->rows,
+                           N2, m->D);
+        WAN_TRY(reduce_next(r, &c));
+    }
+    return 0;
+}
+
 /* Valid keys of context-parallel block j (positions beyond the real sequence are padding). */
 static int valid_in_block(const wan_model *m, int j) {
     int v = m->sh.S - j * m->sh.S_cp;
@@ -310,23 +370,16 @@ int wan_block_forward(wan_model *m, int l, wan_block_acts *k) {
                             ACT_AT(m, k->qk, Dl), 2 * Dl, Tf, o->nk, &a->rope, tkf));
     /* a kept attention output is what this call would compute again (every op is deterministic) */
     if (!(m->recomputing && m->recompute == WAN_RECOMPUTE_KEEP_ATTENTION)) WAN_TRY(self_attention_forward(m, k));
-    WAN_TRY(reduce_begin(&r, m, a->y_part, k->sa_y, D, &c));
-    while (c >= 0) {
-        size_t r0 = (size_t)c * r.rows;
-        op->matmul_fwd(be, a->y_part + r0 * D, WAN_F32, ACT_AT(m, k->att, r0 * Dl), act, PARAM(m, o->o_w), NULL, r.rows, D,
-                       Dl);
-        WAN_TRY(reduce_next(&r, &c));
-    }
-    WAN_TRY(reduce_finish(&r));
+    WAN_TRY(row_parallel_forward(m, k->sa_y, k->att, Dl, o->o_w));
     op->residual_fwd(be, x, k->sa_y, PARAM(m, o->o_b), gate1, 6 * D, tk, D);
     be->copy(be, k->x1, x, TD);
 
     /* ---- cross-attention to the text (no modulation, no gate) ---- */
     op->layernorm_fwd(be, ACT_AT(m, k->ln3, (size_t)s->tok0 * D), act, k->mean3, k->rstd3, x, PARAM(m, o->n3_w),
                       PARAM(m, o->n3_b), NULL, NULL, 0, tk, D, eps);
-    /* the text's k|v first: it overlaps the first transfer of the gather */
-    op->matmul_fwd(be, k->ckv, act, a->ctx, act, PARAM(m, o->ckv_w), PARAM(m, o->ckv_b), BL, 2 * Dl, D);
     WAN_TRY(gather_begin(&r, m, k->ln3, D, &c));
+    /* the text's k|v under the gather's first transfer (started before it, it would delay it) */
+    op->matmul_fwd(be, k->ckv, act, a->ctx, act, PARAM(m, o->ckv_w), PARAM(m, o->ckv_b), BL, 2 * Dl, D);
     while (c >= 0) {
         size_t r0 = (size_t)c * r.rows;
         op->matmul_fwd(be, ACT_AT(m, k->cq, r0 * Dl), act, ACT_AT(m, k->ln3, r0 * D), act, PARAM(m, o->cq_w),
@@ -337,14 +390,7 @@ int wan_block_forward(wan_model *m, int l, wan_block_acts *k) {
                             2 * Dl, BL, o->cnk, NULL, tkt));
     op->attention_fwd(be, k->catt, Dl, k->clse, k->cqn, Dl, k->ckn, Dl, ACT_AT(m, k->ckv, Dl), 2 * Dl, B, m->Hl, s->S_cp,
                       m->L, m->hd, m->L, scale);
-    WAN_TRY(reduce_begin(&r, m, a->y_part, a->dln, D, &c)); /* dln is free until the backward */
-    while (c >= 0) {
-        size_t r0 = (size_t)c * r.rows;
-        op->matmul_fwd(be, a->y_part + r0 * D, WAN_F32, ACT_AT(m, k->catt, r0 * Dl), act, PARAM(m, o->co_w), NULL, r.rows,
-                       D, Dl);
-        WAN_TRY(reduce_next(&r, &c));
-    }
-    WAN_TRY(reduce_finish(&r));
+    WAN_TRY(row_parallel_forward(m, a->dln, k->catt, Dl, o->co_w)); /* dln is free until the backward */
     op->residual_fwd(be, x, a->dln, PARAM(m, o->co_b), NULL, 0, tk, D);
     be->copy(be, k->x2, x, TD);
 
@@ -360,14 +406,7 @@ int wan_block_forward(wan_model *m, int l, wan_block_acts *k) {
         op->gelu_fwd(be, ACT_AT(m, k->g, r0 * Fl), h, (size_t)r.rows * Fl);
         WAN_TRY(gather_next(&r, &c));
     }
-    WAN_TRY(reduce_begin(&r, m, a->y_part, k->ff_y, D, &c));
-    while (c >= 0) {
-        size_t r0 = (size_t)c * r.rows;
-        op->matmul_fwd(be, a->y_part + r0 * D, WAN_F32, ACT_AT(m, k->g, r0 * Fl), act, PARAM(m, o->f2_w), NULL, r.rows, D,
-                       Fl);
-        WAN_TRY(reduce_next(&r, &c));
-    }
-    WAN_TRY(reduce_finish(&r));
+    WAN_TRY(row_parallel_forward(m, k->ff_y, k->g, Fl, o->f2_w));
     op->residual_fwd(be, x, k->ff_y, PARAM(m, o->f2_b), gate2, 6 * D, tk, D);
     return 0;
 }
@@ -401,27 +440,12 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
     float *scale1 = k->mod + D, *gate1 = k->mod + 2 * D, *scale2 = k->mod + 4 * D, *gate2 = k->mod + 5 * D;
     float *dmod = a->dmod;
     tp_ring r;
-    int c;
     be->memset0(be, dmod, (size_t)B * 6 * D * sizeof(float));
 
     /* ---- FFN ---- */
     residual_backward(m, k->ff_y, o->f2_b, gate2, dmod + 5 * D);
-    WAN_TRY(gather_begin(&r, m, a->dy, D, &c));
-    while (c >= 0) {
-        size_t r0 = (size_t)c * r.rows;
-        void *dg = ACT_AT(m, a->dg, r0 * Fl);
-        op->matmul_bwd(be, dg, act, false, NULL, NULL, ACT_AT(m, a->dy, r0 * D), act, NULL, act, PARAM(m, o->f2_w), r.rows,
-                       D, Fl);
-        op->gelu_bwd(be, ACT_AT(m, a->dh, r0 * Fl), dg, ACT_AT(m, k->h, r0 * Fl), (size_t)r.rows * Fl);
-        WAN_TRY(gather_next(&r, &c));
-    }
-    WAN_TRY(reduce_begin(&r, m, a->dln, a->y_part, D, &c));
-    while (c >= 0) {
-        size_t r0 = (size_t)c * r.rows;
-        op->matmul_bwd(be, a->dln + r0 * D, WAN_F32, false, NULL, NULL, ACT_AT(m, a->dh, r0 * Fl), act, NULL, act,
-                       PARAM(m, o->f1_w), r.rows, Fl, D);
-        WAN_TRY(reduce_next(&r, &c));
-    }
+    WAN_TRY(row_parallel_backward_input(m, a->dg, Fl, o->f2_w, a->dh, k->h));
+    WAN_TRY(column_parallel_backward_input(m, &r, a->dh, Fl, PARAM(m, o->f1_w), NULL, 0, NULL));
     op->matmul_bwd(be, NULL, act, false, GRAD(m, o->f2_w), NULL, a->dy, act, k->g, act, NULL, Tf, D, Fl);
     op->matmul_bwd(be, NULL, act, false, GRAD(m, o->f1_w), GRAD(m, o->f1_b), a->dh, act, k->ln2, act, NULL, Tf, Fl, D);
     WAN_TRY(reduce_finish(&r));
@@ -430,26 +454,14 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
 
     /* ---- cross-attention ---- */
     residual_backward(m, NULL, o->co_b, NULL, NULL);
-    WAN_TRY(gather_begin(&r, m, a->dy, D, &c));
-    while (c >= 0) {
-        size_t r0 = (size_t)c * r.rows;
-        op->matmul_bwd(be, ACT_AT(m, a->dcatt, r0 * Dl), act, false, NULL, NULL, ACT_AT(m, a->dy, r0 * D), act, NULL, act,
-                       PARAM(m, o->co_w), r.rows, D, Dl);
-        WAN_TRY(gather_next(&r, &c));
-    }
+    WAN_TRY(row_parallel_backward_input(m, a->dcatt, Dl, o->co_w, NULL, NULL));
     /* dk -> dckn, dv -> the v columns of dckv */
     op->attention_bwd(be, a->dcqn, Dl, a->dckn, Dl, ACT_AT(m, a->dckv, Dl), 2 * Dl, false, a->dcatt, Dl, k->catt, Dl,
                       k->clse, k->cqn, Dl, k->ckn, Dl, ACT_AT(m, k->ckv, Dl), 2 * Dl, B, m->Hl, s->S_cp, m->L, m->hd, m->L,
                       scale);
     WAN_TRY(qk_norm_backward(m, a->dcq, Dl, a->dcqn, Dl, k->cq, Dl, k->rr_cq, Tf, o->cnq, NULL, tkf, a->dckv, 2 * Dl,
                              a->dckn, Dl, k->ckv, 2 * Dl, k->rr_ck, BL, o->cnk, NULL, tkt));
-    WAN_TRY(reduce_begin(&r, m, a->dln, a->y_part, D, &c));
-    while (c >= 0) {
-        size_t r0 = (size_t)c * r.rows;
-        op->matmul_bwd(be, a->dln + r0 * D, WAN_F32, false, NULL, NULL, ACT_AT(m, a->dcq, r0 * Dl), act, NULL, act,
-                       PARAM(m, o->cq_w), r.rows, Dl, D);
-        WAN_TRY(reduce_next(&r, &c));
-    }
+    WAN_TRY(column_parallel_backward_input(m, &r, a->dcq, Dl, PARAM(m, o->cq_w), NULL, 0, NULL));
     op->matmul_bwd(be, a->dctx, WAN_F32, true, GRAD(m, o->ckv_w), GRAD(m, o->ckv_b), a->dckv, act, a->ctx, act,
                    PARAM(m, o->ckv_w), BL, 2 * Dl, D);
     op->matmul_bwd(be, NULL, act, false, GRAD(m, o->co_w), NULL, a->dy, act, k->catt, act, NULL, Tf, D, Dl);
@@ -460,13 +472,7 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
 
     /* ---- self-attention ---- */
     residual_backward(m, k->sa_y, o->o_b, gate1, dmod + 2 * D);
-    WAN_TRY(gather_begin(&r, m, a->dy, D, &c));
-    while (c >= 0) {
-        size_t r0 = (size_t)c * r.rows;
-        op->matmul_bwd(be, ACT_AT(m, a->datt, r0 * Dl), act, false, NULL, NULL, ACT_AT(m, a->dy, r0 * D), act, NULL, act,
-                       PARAM(m, o->o_w), r.rows, D, Dl);
-        WAN_TRY(gather_next(&r, &c));
-    }
+    WAN_TRY(row_parallel_backward_input(m, a->datt, Dl, o->o_w, NULL, NULL));
     WAN_TRY(self_attention_backward(m, k));
     size_t TDl = (size_t)Tf * Dl;
     WAN_TRY(qk_norm_backward(m, a->dqk_raw, 2 * Dl, a->dq, Dl, k->qk, 2 * Dl, k->rr_q, Tf, o->nq, &a->rope, tkf,
@@ -474,15 +480,7 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
                              o->nk, &a->rope, tkf));
     char *qkv_w = PARAM(m, o->qkv_w), *v_w = qkv_w + (size_t)2 * Dl * D * psz;
     void *dv = ACT_AT(m, a->dkv, TDl);
-    WAN_TRY(reduce_begin(&r, m, a->dln, a->y_part, D, &c));
-    while (c >= 0) {
-        size_t r0 = (size_t)c * r.rows;
-        float *dln = a->dln + r0 * D;
-        op->matmul_bwd(be, dln, WAN_F32, false, NULL, NULL, ACT_AT(m, a->dqk_raw, r0 * 2 * Dl), act, NULL, act, qkv_w,
-                       r.rows, 2 * Dl, D);
-        op->matmul_bwd(be, dln, WAN_F32, true, NULL, NULL, ACT_AT(m, dv, r0 * Dl), act, NULL, act, v_w, r.rows, Dl, D);
-        WAN_TRY(reduce_next(&r, &c));
-    }
+    WAN_TRY(column_parallel_backward_input(m, &r, a->dqk_raw, 2 * Dl, qkv_w, dv, Dl, v_w));
     op->matmul_bwd(be, NULL, act, false, GRAD(m, o->o_w), NULL, a->dy, act, k->att, act, NULL, Tf, D, Dl);
     op->matmul_bwd(be, NULL, act, false, GRAD(m, o->qkv_w), GRAD(m, o->qkv_b), a->dqk_raw, act, k->ln1, act, NULL, Tf,
                    2 * Dl, D);

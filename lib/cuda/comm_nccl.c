@@ -76,7 +76,7 @@ typedef struct {
                              * under the backward must not queue in front of the transfers the
                              * compute waits for */
     cudaEvent_t ready;
-    float *barrier_buf;   /* two floats on the device: the barrier's, and a ring shift's */
+    float *barrier_buf;   /* four floats on the device: the barrier's, and the link warm-up's */
     /* mu guards the fields below and every NCCL call on the communicators (the watchdog may
      * abort them from its thread); cv signals progress of the ring, poisoning and quitting */
     pthread_mutex_t mu;
@@ -541,6 +541,28 @@ static int nccl_barrier(wan_group *g) {
 
 /* ---------------------------------------------------------------- groups and lifetime */
 
+/* One-element transfers over the links a group's kind uses: tp and cp shift rings (send to the
+ * next member, receive from the previous), pp passes activations up and gradients down between
+ * neighbouring stages (both directions, no wrap-around); the others only run collectives. */
+static int connect_links(wan_group *g, const char *kind) {
+    bool ring = !strcmp(kind, "tp") || !strcmp(kind, "cp"), chain = !strcmp(kind, "pp");
+    if (!ring && !chain) return 0;
+    float *b = impl_of(g->comm)->barrier_buf;
+    int r = g->rank, p = g->size;
+    if (ring) return sendrecv(g, b + 1, (r + 1) % p, b + 2, (r + p - 1) % p, 1, WAN_F32, NULL);
+    ncclComm_t comm = NULL;
+    WAN_TRY(enter(g, "connect", &comm));
+    ncclResult_t res = ncclGroupStart();
+    cudaStream_t st = stream_of(g);
+    if (res == ncclSuccess && r + 1 < p) res = ncclSend(b + 1, 1, ncclFloat32, r + 1, comm, st);
+    if (res == ncclSuccess && r + 1 < p) res = ncclRecv(b + 2, 1, ncclFloat32, r + 1, comm, st);
+    if (res == ncclSuccess && r > 0) res = ncclSend(b + 1, 1, ncclFloat32, r - 1, comm, st);
+    if (res == ncclSuccess && r > 0) res = ncclRecv(b + 3, 1, ncclFloat32, r - 1, comm, st);
+    ncclResult_t e = ncclGroupEnd(); /* always close the group */
+    if (res == ncclSuccess) res = e;
+    return finish(g, comm, res, "connect", NULL);
+}
+
 static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int index, const int *ranks, int size) {
     nccl_impl *ni = impl_of(c);
     WAN_TRY(wan_group_init(g, c, name, index, ranks, size));
@@ -577,16 +599,12 @@ static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int inde
         unlock(ni);
         if (rc != ncclSuccess || n != size)
             return fail_op(c, g, "make_group", "the new communicator has %d ranks, expected %d", n, size);
-        /* NCCL connects peers at a communicator's first collective, and point-to-point peers at
-         * their first send/recv: do both now, with the host waiting, not inside a backward
-         * beside another communicator's kernels. The groups that shift rings (tp, cp) or pass
-         * activations (pp) connect their ring neighbours; the others only run collectives. */
+        /* NCCL connects peers at a communicator's first collective, and point-to-point links at
+         * their first send/recv: do both now, with the host waiting, not inside a step beside
+         * another communicator's kernels. */
         if (size > 1) WAN_TRY(nccl_barrier(g));
-        if (size > 1 && (!strcmp(name, "tp") || !strcmp(name, "cp") || !strcmp(name, "pp"))) {
-            float *b = ni->barrier_buf;
-            WAN_TRY(sendrecv(g, b, (g->rank + 1) % size, b + 1, (g->rank + size - 1) % size, 1, WAN_F32, NULL));
-            WAN_TRY(nccl_flush(c));
-        }
+        if (size > 1) WAN_TRY(connect_links(g, name));
+        if (size > 1) WAN_TRY(nccl_flush(c));
     }
     return 0;
 }
@@ -719,8 +737,8 @@ int wan_comm_nccl_create(wan_bootstrap *b, int device, int timeout_s, void *cuda
     INIT_CU(cudaStreamCreateWithFlags(&ni->bg_stream, cudaStreamNonBlocking));
     INIT_CU(cudaEventCreateWithFlags(&ni->ready, cudaEventDisableTiming));
     for (int i = 0; i < WAN_NCCL_INFLIGHT; i++) INIT_CU(cudaEventCreateWithFlags(&ni->ring[i].done, cudaEventDisableTiming));
-    INIT_CU(cudaMalloc((void **)&ni->barrier_buf, 2 * sizeof(float)));
-    INIT_CU(cudaMemset(ni->barrier_buf, 0, 2 * sizeof(float)));
+    INIT_CU(cudaMalloc((void **)&ni->barrier_buf, 4 * sizeof(float)));
+    INIT_CU(cudaMemset(ni->barrier_buf, 0, 4 * sizeof(float)));
 
     /* rank 0 makes the id; everyone reads it after the fence */
     ncclUniqueId id;

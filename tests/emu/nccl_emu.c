@@ -168,8 +168,10 @@ struct ncclComm {
     /* WAN_EMU_NCCL_STATS=1: printed by ncclCommDestroy */
     uint64_t stat_ops, stat_bytes;
     double stat_wait, stat_max_wait;
-    size_t stat_first_p2p; /* elements of the first send or recv (NCCL connects the peer then) */
-    bool stat_p2p_seen;
+    /* point-to-point links (peer, direction) used, and those first used by more than one
+     * element: NCCL connects a link at its first send or recv */
+    uint8_t *stat_link_seen; /* [2 * nranks]: send to / recv from each peer */
+    int stat_links, stat_links_late;
 };
 
 static pthread_mutex_t last_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -822,7 +824,13 @@ static ncclResult_t run_p2p(struct ncclComm *c, op *ops, int nops) {
     bool aborted = false;
     for (int i = 0; i < nops; i++)
         if (ops[i].kind == K_SEND || ops[i].kind == K_RECV) {
-            if (!c->stat_p2p_seen) c->stat_first_p2p = ops[i].count, c->stat_p2p_seen = true;
+            int link = 2 * ops[i].root + (ops[i].kind == K_RECV);
+            if (!c->stat_link_seen) c->stat_link_seen = calloc(2 * (size_t)c->nranks, 1);
+            if (c->stat_link_seen && ops[i].root >= 0 && ops[i].root < c->nranks && !c->stat_link_seen[link]) {
+                c->stat_link_seen[link] = 1;
+                c->stat_links++;
+                c->stat_links_late += ops[i].count != 1;
+            }
             c->stat_ops++;
             c->stat_bytes += ops[i].count * type_size(ops[i].type);
         }
@@ -1076,6 +1084,7 @@ static void free_comm(struct ncclComm *c) {
     detach(c);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv);
+    free(c->stat_link_seen);
     free(c);
 }
 
@@ -1376,10 +1385,10 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     if (stats && *stats && strcmp(stats, "0") != 0)
         fprintf(stderr,
                 "nccl emulator: %s rank %d of %d: %llu operations, %llu bytes in, %.3f s waiting for peers "
-                "(longest %.3f s), %s %zu elements\n",
+                "(longest %.3f s), %d point-to-point links, %d first used by more than one element\n",
                 comm->name, comm->rank, comm->nranks, (unsigned long long)comm->stat_ops,
-                (unsigned long long)comm->stat_bytes, comm->stat_wait, comm->stat_max_wait,
-                comm->stat_p2p_seen ? "first send/recv of" : "no send/recv,", comm->stat_first_p2p);
+                (unsigned long long)comm->stat_bytes, comm->stat_wait, comm->stat_max_wait, comm->stat_links,
+                comm->stat_links_late);
     free_comm(comm);
     return ncclSuccess;
 }

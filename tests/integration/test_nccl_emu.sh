@@ -111,6 +111,29 @@ EOF2
     # dp=2: each block's gradient reduction starts in the backward, on the second NCCL stream.
     # tp2-sp-dp2 (four ranks): the tensor-parallel sums on one NCCL stream, then the same ranges'
     # data-parallel reduction on the other.
+    # equals_one_gpu NAME RUN REF: losses and gradient norms within 1e-4 of the one-GPU run; the
+    # steps' losses barely see the blocks' gradients (the head starts at zero): the Adam moments
+    # do (a dropped wait for the ring's dK/dV accumulator: 0.67 and 0.80; for the blocks' weight
+    # pieces in dp=2: 1.0)
+    equals_one_gpu() {
+        local out rc
+        out=$(compare "$2/steps.jsonl" "$3/steps.jsonl" 1e-4 2>&1)
+        t_check "$1 emulated run equals one emulated GPU's: $out" [ $? = 0 ]
+        "$CKPT_COMPARE" "$2/checkpoints/latest" "$3/checkpoints/latest" --kinds adam_m,adam_v --tol 0.1 \
+            >"$2.moments.log" 2>&1
+        rc=$?
+        t_check "$1 emulated Adam moments equal one emulated GPU's: $(tail -n1 "$2.moments.log")" [ $rc = 0 ]
+    }
+    # links_connected NAME LOG: NCCL connects a point-to-point link (peer, direction) at its first
+    # send/recv; every link a run used was connected by a one-element transfer when its group
+    # was made, not in the middle of a step beside the other communicators' kernels
+    links_connected() {
+        local sums
+        sums=$(sed -n 's/.* \([0-9]*\) point-to-point links, \([0-9]*\) first used by more.*/\1 \2/p' "$2" |
+            awk '{l += $1; late += $2} END {print l + 0, late + 0}')
+        t_check_all "$1: all ${sums% *} point-to-point links connected when their group was made (${sums#* } later)" \
+            '[ "${sums% *}" -gt 0 ] && [ "${sums#* }" = 0 ]'
+    }
     for par in tp pp cp dp tp2-sp-dp2; do
         case $par in
         dp) layout=(--nproc 2) name="dp=2" gpus=two ;; # two ranks and nothing else: dp = 2
@@ -124,24 +147,8 @@ EOF2
         [ $rc = 0 ] || tail -n 30 "$T/train_gpu_$par.log"
         out=$(compare "$T/gpu-$par/steps.jsonl" "$T/cpu/steps.jsonl" 5e-2 1e-7 2>&1)
         t_check "$name emulated losses and gradient norms follow the CPU run (bf16 vs fp32): $out" [ $? = 0 ]
-        out=$(compare "$T/gpu-$par/steps.jsonl" "$T/gpu-1/steps.jsonl" 1e-4 2>&1)
-        t_check "$name emulated run equals one emulated GPU's: $out" [ $? = 0 ]
-        # the steps' losses barely see the blocks' gradients (the head starts at zero): the
-        # Adam moments do (a dropped wait for the ring's dK/dV accumulator: 0.67 and 0.80; for
-        # the blocks' weight pieces in dp=2: 1.0)
-        "$CKPT_COMPARE" "$T/gpu-$par/checkpoints/latest" "$T/gpu-1/checkpoints/latest" \
-            --kinds adam_m,adam_v --tol 0.1 >"$T/moments_$par.log" 2>&1
-        rc=$?
-        t_check "$name emulated Adam moments equal one emulated GPU's: $(tail -n1 "$T/moments_$par.log")" [ $rc = 0 ]
-        # NCCL connects a point-to-point peer at the first send/recv: every communicator that
-        # has any connected its ring neighbours with a one-element shift when it was made, not
-        # in the middle of a step beside the other communicators' kernels
-        if [ $par != dp ]; then
-            p2p=$(grep -c 'first send/recv of' "$T/train_gpu_$par.log")
-            late=$(grep 'first send/recv of' "$T/train_gpu_$par.log" | grep -vc 'first send/recv of 1 elements')
-            t_check_all "$name: all $p2p communicators with point-to-point traffic connected it when made ($late later)" \
-                '[ "$p2p" -gt 0 ] && [ "$late" = 0 ]'
-        fi
+        equals_one_gpu "$name" "$T/gpu-$par" "$T/gpu-1"
+        [ $par != dp ] && links_connected "$name" "$T/train_gpu_$par.log"
         if [ $par = dp ] || [ $par = tp2-sp-dp2 ]; then
             t_check "$par: every block's gradient reduction started under the backward" \
                 grep -q 'gradient reduction over dp x cp (2 ranks): 2 of 2 blocks started under the backward' \
@@ -153,6 +160,24 @@ EOF2
                 grep -q 'weight gather over dp x cp (2 ranks): [0-9]* pieces, each waited for by the forward' \
                 "$T/train_gpu_$par.log"
         fi
+    done
+    # layouts with their own one-GPU reference: tp4-sp (rings of three steps; 4 heads) and pp3
+    # (a middle stage: links up and down to different peers; 3 layers)
+    for par in tp4-sp pp3; do
+        case $par in
+        tp4-sp) model=(--set model.num_heads=4) layout=(--nproc 4 --set parallel.tp=4 --set parallel.sp=true) ;;
+        pp3) model=(--set model.num_layers=3) layout=(--nproc 3 --set parallel.pp=3) ;;
+        esac
+        timeout 900 "$WAN_TRAIN" "${common[@]}" "${model[@]}" --set train.device=\"cuda\" \
+            --set train.run_dir=\"$T/gpu-1-$par\" >"$T/train_gpu_1_$par.log" 2>&1
+        t_check "wan-train on one emulated GPU, the reference for $par" [ $? = 0 ]
+        WAN_EMU_NCCL_STATS=1 WAN_EMU_NCCL_LAZY_MS=100 timeout 1800 "$WAN_TRAIN" "${common[@]}" "${model[@]}" \
+            "${layout[@]}" --set train.device=\"cuda\" --set train.run_dir=\"$T/gpu-$par\" >"$T/train_gpu_$par.log" 2>&1
+        rc=$?
+        t_check "wan-train $par on emulated GPUs over the NCCL stand-in (exit $rc)" [ $rc = 0 ]
+        [ $rc = 0 ] || tail -n 30 "$T/train_gpu_$par.log"
+        equals_one_gpu "$par" "$T/gpu-$par" "$T/gpu-1-$par"
+        links_connected "$par" "$T/train_gpu_$par.log"
     done
     # a rank that stops mid-run (SIGSTOP: alive, silent): the other one is blocked where the host
     # waits for the GPU; its watchdog must end it within train.comm_timeout, naming the
