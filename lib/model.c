@@ -33,8 +33,8 @@ void *wan_model_state_take(wan_model *m, size_t bytes) {
     return p;
 }
 
-int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
-                     bool with_optimizer) {
+int wan_model_describe(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
+                       bool with_optimizer) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->be = be;
@@ -113,6 +113,14 @@ int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wa
     size_t np = (size_t)m->ps.total, wb = np * wan_dtype_size(be->param), gb = np * sizeof(float);
     size_t ob = with_optimizer ? wan_optim_state_bytes(m) : 0;
     m->state_bytes = wan_align256(wb) + wan_align256(gb) + ob;
+    return 0;
+}
+
+int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
+                     bool with_optimizer) {
+    WAN_TRY(wan_model_describe(m, cfg, be, dist, recompute, with_optimizer));
+    size_t np = (size_t)m->ps.total, wb = np * wan_dtype_size(be->param), gb = np * sizeof(float);
+    size_t ob = m->state_bytes - wan_align256(wb) - wan_align256(gb);
     m->state = be->alloc(be, m->state_bytes); /* zeroed */
     if (!m->state)
         return wan_fail(WAN_ERR_RUNTIME, "out of %s memory: %zu parameters need %.2f GB of training state (weights, "
@@ -422,6 +430,17 @@ int wan_shape_compute(const wan_model *m, int B, int C, int F, int H, int W, wan
     s->tok0 = d->sp ? d->tp_rank * s->T : 0;
     s->pos0 = d->cp_rank * s->S_cp;
     return 0;
+}
+
+void wan_model_measure_acts(wan_model *m, size_t *arena, size_t *shared) {
+    struct wan_model_acts tmp = {0}, *keep = m->a;
+    tmp.blocks = calloc((size_t)m->cfg.num_layers, sizeof *tmp.blocks);
+    m->a = &tmp;
+    bump b = {0}, sh = {0};
+    layout(m, &b, &sh);
+    m->a = keep;
+    free(tmp.blocks);
+    *arena = b.off, *shared = sh.off;
 }
 
 /* Point the current activation set's buffers into its arena and the shared one. */

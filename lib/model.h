@@ -141,6 +141,10 @@ typedef struct {
     const float *timestep;  /* [B] overrides 1000 sigma, or NULL */
 } wan_model_input;
 
+/* What wan_model_create does but the allocation: the parameter set, offsets and state_bytes
+ * (be supplies only the dtypes; nothing is allocated; free with wan_model_destroy). */
+int wan_model_describe(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
+                       bool with_optimizer);
 /* with_optimizer: reserve room in the state allocation for wan_optim_create (training). */
 int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
                      bool with_optimizer);

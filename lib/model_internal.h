@@ -64,6 +64,11 @@ static inline wan_tokens wan_tk_full(const wan_model *m) {
 
 /* The token layout of a micro-batch shape on this rank (checks the shape against the model). */
 int wan_shape_compute(const wan_model *m, int B, int C, int F, int H, int W, wan_shape *s);
+/* Bytes of one activation set and of the arena the sets share, for the shape in m->sh, with
+ * the layout the allocation uses (nothing allocated). */
+void wan_model_measure_acts(wan_model *m, size_t *arena, size_t *shared);
+/* Bytes of the pipeline inbox for a shape (0 on the first stage, which has none). */
+size_t wan_pipe_inbox_bytes(const wan_model *m, const wan_shape *sh);
 /* Pipeline: move what wan_pipe_recv_forward received into the current activation set. */
 int wan_pipe_take_forward(wan_model *m);
 

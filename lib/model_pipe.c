@@ -49,6 +49,11 @@ static int move(wan_model *m, const piece p[4], bool send, int peer) {
     return 0;
 }
 
+size_t wan_pipe_inbox_bytes(const wan_model *m, const wan_shape *sh) {
+    piece p[4];
+    return m->first ? 0 : inbox_layout(m, sh, NULL, p);
+}
+
 int wan_pipe_send_forward(wan_model *m) {
     if (m->last) return 0;
     piece p[4];

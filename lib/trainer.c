@@ -333,11 +333,14 @@ static int run(job *j, const wan_train_opts *opts) {
         stopped = stop > 0;
         WAN_TRY(wan_optim_step(&j->opt, &gnorm, &lr));
         tokens_per_sample = seq;
-        if (step == start_step + 1 && j->rt.boot.rank == 0)
-            wan_info("%s memory on rank 0: training state %.1f MiB (weights, gradients, optimizer), activations "
-                     "%.1f MiB (%d micro-batch%s in flight), peak %.1f MiB", j->rt.be->name, j->model.state_bytes / 1048576.0,
+        /* the first rank of each pipeline stage (stages hold different parts of the model) */
+        const wan_dist *dd = &j->rt.dist;
+        if (step == start_step + 1 && dd->tp_rank == 0 && dd->cp_rank == 0 && dd->dp_rank == 0)
+            wan_info("%s memory on rank %d (pipeline stage %d): training state %.1f MiB (weights, gradients, optimizer), "
+                     "activations %.1f MiB (%d micro-batch%s in flight), peak %.1f MiB (%zu bytes)", j->rt.be->name,
+                     dd->rank, dd->pp_rank, j->model.state_bytes / 1048576.0,
                      wan_model_activation_bytes(&j->model) / 1048576.0, j->model.nslots > 1 ? j->model.nslots : 1,
-                     j->model.nslots > 1 ? "es" : "", j->rt.be->mem_peak / 1048576.0);
+                     j->model.nslots > 1 ? "es" : "", j->rt.be->mem_peak / 1048576.0, j->rt.be->mem_peak);
         comm_bytes(j, cb1);
         bool save = stopped || step == cfg->train.steps ||
                     (cfg->train.ckpt_interval > 0 && step % cfg->train.ckpt_interval == 0);

@@ -10,9 +10,30 @@
 #include "config.h"
 #include "error.h"
 #include "log.h"
+#include "memory_plan.h"
 #include "trainer.h"
 
 static const char *prog = "wan-train";
+
+/* --check: what a rank of each pipeline stage will allocate (MiB, as the first step logs it). */
+static int print_memory_plan(const wan_config *cfg, int world) {
+    bool cuda = !strcmp(cfg->train.device, "cuda");
+    for (int s = 0; s < cfg->parallel.pp; s++) {
+        wan_memory_plan_t p;
+        if (wan_memory_plan(cfg, world, cuda, s, &p)) return WAN_ERR_USAGE;
+        const double MiB = 1048576.0;
+        wan_info("memory of a stage %d rank (%s): training state %.1f MiB (weights %.1f, gradients %.1f, optimizer "
+                 "%.1f; %lld parameters), activations %.1f MiB (%d micro-batch%s in flight x %.1f kept + %.1f shared "
+                 "+ %.1f pipeline inbox), total %.2f GiB (%zu bytes)",
+                 s, cuda ? "cuda" : "cpu", p.state / MiB, p.weights / MiB, p.grads / MiB, p.optimizer / MiB,
+                 (long long)p.params, p.activations / MiB, p.in_flight, p.in_flight > 1 ? "es" : "",
+                 p.per_microbatch / MiB, p.shared / MiB, p.inbox / MiB, p.total / (1024.0 * MiB), p.total);
+    }
+    if (cuda)
+        wan_info("not counted above: cuBLASLt and cuDNN workspaces, the backend's scratch buffers, NCCL's buffers and "
+                 "the CUDA context");
+    return 0;
+}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -28,7 +49,8 @@ static void usage(FILE *f) {
             "  -r, --resume          continue from the latest complete checkpoint\n"
             "      --init-from CKPT  start from this checkpoint's weights (any layout; optimizer\n"
             "                        state and step too, as a resume would)\n"
-            "      --check           validate the configuration and exit (2 when invalid)\n"
+            "      --check           validate the configuration, print each pipeline stage's memory\n"
+            "                        per GPU (training state, activations), and exit (2 when invalid)\n"
             "      --world N         world size assumed by --check (default: slurm.nodes *\n"
             "                        slurm.gpus_per_node)\n"
             "      --print-config    print the resolved configuration and exit\n"
@@ -96,8 +118,12 @@ int main(int argc, char **argv) {
         if (wan_cli_load_config(&cc, &cfg, 0)) return wan_cli_fail(prog, WAN_ERR_USAGE);
         if (!world) world = cfg.slurm.nodes * cfg.slurm.gpus_per_node;
         if (check && wan_config_validate(&cfg, world)) return wan_cli_fail(prog, WAN_ERR_USAGE);
-        if (print) wan_config_write(&cfg, stdout);
-        else wan_info("%s: configuration is valid for %d ranks", cc.path ? cc.path : "embedded default", world);
+        if (print) {
+            wan_config_write(&cfg, stdout);
+            return 0;
+        }
+        wan_info("%s: configuration is valid for %d ranks", cc.path ? cc.path : "embedded default", world);
+        if (print_memory_plan(&cfg, world)) return wan_cli_fail(prog, WAN_ERR_USAGE);
         return 0;
     }
     to.config = &cc;

@@ -85,6 +85,14 @@ if [ "${WAN_EMU_NCCL_TRAIN:-1}" = 1 ]; then
     timeout 900 "$WAN_TRAIN" "${common[@]}" --set train.device=\"cuda\" --set train.run_dir=\"$T/gpu-1\" \
         >"$T/train_gpu_1.log" 2>&1
     t_check "wan-train on one emulated GPU, the reference for the same arithmetic over two" [ $? = 0 ]
+    # wan-train --check plans the CUDA backend's training state and activations (bf16) as the run
+    # allocated them (its peak adds the backend's scratch and workspaces, which the plan leaves out)
+    plan=$(bin/wan-train "${common[@]}" --set train.device=\"cuda\" --check 2>&1 |
+        sed -n 's/.*memory of a stage 0 rank (cuda): \(training state [0-9.]* MiB\).*\(activations [0-9.]* MiB\).*/\1 \2/p')
+    ran=$(sed -n 's/.*cuda memory on rank 0 (pipeline stage 0): \(training state [0-9.]* MiB\).*\(activations [0-9.]* MiB\).*/\1 \2/p' \
+        "$T/train_gpu_1.log")
+    t_check_all "--check plans the CUDA run's memory: '${plan:-nothing}' (the run: '${ran:-nothing}')" \
+        '[ -n "$plan" ] && [ "$plan" = "$ran" ]'
     # compare RUN REF TOL [MIN]: losses and gradient norms of the three steps within relative TOL
     # (and at least MIN apart somewhere: bf16 against fp32 cannot agree exactly)
     compare() {

@@ -90,6 +90,31 @@ layout27 cp2-tp2-sp-padded 4 --set parallel.cp=2 --set parallel.tp=2 --set paral
 train base27-mbs2 1 "${DATA27[@]}" --set train.mbs=2 || t_fail "single process on the 27-token dataset, mbs 2"
 layout_vs base27-mbs2 pp2-cp2-padded-mbs2 4 "${DATA27[@]}" --set train.mbs=2 --set parallel.pp=2 --set parallel.cp=2
 
+# what `wan-train --check` plans for a rank of each pipeline stage is what the stage's first
+# rank allocated in its first step (its log line's peak: training state, activation sets,
+# shared scratch, pipeline inbox; plus two scalars, the loss pair and the stop flag)
+plan_matches() { # name nproc overrides... (as the run had them)
+    local name=$1 n=$2 plan peak stages s
+    shift 2
+    "$BIN/wan-train" "${COMMON[@]}" "$@" --check --world "$n" >"$T_TMP/$name.plan" 2>&1
+    stages=$(grep -c 'memory of a stage' "$T_TMP/$name.plan")
+    for s in $(seq 0 $((stages - 1))); do
+        plan=$(sed -n "s/.*memory of a stage $s rank.*(\([0-9]*\) bytes).*/\1/p" "$T_TMP/$name.plan")
+        peak=$(sed -n "s/.*memory on rank [0-9]* (pipeline stage $s):.*peak .*(\([0-9]*\) bytes).*/\1/p" "$T_TMP/$name.log")
+        t_check_all "$name stage $s: --check plans ${plan:-no} bytes, the stage's first rank allocated ${peak:-?}" \
+            '[ -n "$plan" ] && [ -n "$peak" ] && [ "$peak" -ge "$plan" ] && [ "$peak" -le $((plan + 64)) ]'
+    done
+    [ "$stages" -gt 0 ] || t_fail "$name: --check printed no memory plan"
+}
+plan_matches base 1
+plan_matches tp2-sp 2 --set parallel.tp=2 --set parallel.sp=true
+plan_matches dp3-uneven 3
+plan_matches cp2-tp2-recompute 4 --set parallel.cp=2 --set parallel.tp=2 --set train.recompute=true
+plan_matches cp2-recompute-full 2 --set parallel.cp=2 --set train.recompute=true --set train.recompute_attention=true
+plan_matches pp2-dp2 4 --set parallel.pp=2
+plan_matches pp4 4 "${L4[@]}" --set parallel.pp=4
+plan_matches pp4-gbs2 4 "${L4[@]}" --set train.gbs=2 --set parallel.pp=4
+
 # every rank sent exactly the bytes the parallel design predicts (bench/comm_volume.py)
 if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-tp2-recompute,cp2-recompute-full,cp2-padded,cp2-tp2-sp-padded,pp2,pp2-dp2,pp2-tp2-sp,pp2-cp2-recompute,pp4,pp2-l4-recompute-full,pp4-gbs2,tp4-sp} >"$T_TMP/volume" 2>&1; then
     t_ok "bytes sent per step equal the design's prediction in every layout"

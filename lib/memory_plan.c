@@ -1,0 +1,51 @@
+/* Device memory one rank of a training layout needs, before any job starts: the model is
+ * described for a rank of each pipeline stage (no allocation) and its activation sets measured
+ * with the layout the allocator uses, so the figures are the allocations wan-train makes. */
+#include "memory_plan.h"
+
+#include <string.h>
+
+#include "error.h"
+#include "model_internal.h"
+#include "optim.h"
+
+int wan_memory_plan(const wan_config *cfg, int world, bool cuda, int stage, wan_memory_plan_t *out) {
+    const wan_parallel_cfg *par = &cfg->parallel;
+    const wan_train_cfg *t = &cfg->train;
+    memset(out, 0, sizeof *out);
+    int mp = par->tp * par->cp * par->pp;
+    if (mp <= 0 || world % mp || stage < 0 || stage >= par->pp)
+        return wan_fail(WAN_ERR_USAGE, "memory plan: %d ranks do not fit tp %d x cp %d x pp %d (stage %d)", world, par->tp,
+                        par->cp, par->pp, stage);
+    if (!t->latent_shape[0] || !t->latent_shape[1] || !t->latent_shape[2])
+        return wan_fail(WAN_ERR_USAGE, "memory plan: train.latent_shape is [0, 0, 0] (taken from the data): set it to "
+                        "the latents' [frames, height, width]");
+    /* a rank at tp, cp, dp position 0 of the stage: every member of a stage holds the same sizes
+     * (ZeRO slices are equal; the head and embeddings are replicated over tp) */
+    wan_dist d = {.world = world, .tp = par->tp, .cp = par->cp, .pp = par->pp, .dp = world / mp, .pp_rank = stage,
+                  .sp = par->sp && par->tp > 1};
+    d.dpcp_g.size = d.dp * d.cp;
+    wan_backend be = {.name = cuda ? "cuda" : "cpu", .act = cuda ? WAN_BF16 : WAN_F32, .param = cuda ? WAN_BF16 : WAN_F32};
+    wan_model m;
+    WAN_TRY(wan_model_describe(&m, &cfg->model, &be, &d, wan_recompute_of(t), true));
+    int rc = wan_shape_compute(&m, t->mbs, cfg->model.in_dim, t->latent_shape[0], t->latent_shape[1], t->latent_shape[2],
+                               &m.sh);
+    if (!rc) {
+        size_t np = (size_t)m.ps.total;
+        out->stage = stage;
+        out->params = (int64_t)np;
+        out->weights = wan_align256(np * wan_dtype_size(be.param));
+        out->grads = wan_align256(np * sizeof(float));
+        out->optimizer = m.state_bytes - out->weights - out->grads;
+        out->state = m.state_bytes;
+        wan_model_measure_acts(&m, &out->per_microbatch, &out->shared);
+        out->inbox = wan_pipe_inbox_bytes(&m, &m.sh);
+        /* the 1F1B schedule (trainer.c): stage s holds min(pp - s, micro-batches) sets */
+        int M = t->gbs / (t->mbs * d.dp), K = par->pp - stage;
+        out->in_flight = K < M ? K : M;
+        out->activations = (size_t)out->in_flight * out->per_microbatch + out->shared + out->inbox;
+        out->total = out->state + out->activations;
+    }
+    wan_model_destroy(&m);
+    return rc;
+}
