@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "log.h"
 
 typedef enum { K_INT, K_INT64, K_BOOL, K_FLOAT, K_STRING, K_INT3 } key_type;
 
@@ -517,6 +518,14 @@ int64_t wan_config_tokens_per_sample(const wan_config *cfg) {
 }
 
 int wan_config_head_dim(const wan_model_cfg *m) { return m->dim / m->num_heads; }
+
+void wan_config_advise(const wan_config *cfg) {
+    const wan_parallel_cfg *par = &cfg->parallel;
+    if (par->tp > 1 && !par->sp)
+        wan_warn("parallel.tp = %d without parallel.sp: every tp rank holds the whole residual stream and the "
+                 "row-parallel outputs are all-reduced in one piece after their GEMM; parallel.sp = true splits the "
+                 "stream and runs the transfers under the GEMMs, chunk by chunk", par->tp);
+}
 
 int wan_config_validate(const wan_config *cfg, int world_size) {
     problems p = {0};

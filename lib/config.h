@@ -96,6 +96,9 @@ int wan_config_set(wan_config *cfg, const char *assignment);
  * that need it). All problems are reported, one per line, naming where each value came from. */
 int wan_config_validate(const wan_config *cfg, int world_size);
 
+/* Valid but slow choices, one warning line each (wan-train --check and rank 0 at start-up). */
+void wan_config_advise(const wan_config *cfg);
+
 /* The resolved configuration in libconfig syntax (loadable again). */
 void wan_config_write(const wan_config *cfg, FILE *f);
 char *wan_config_to_string(const wan_config *cfg); /* malloc'd */

@@ -80,9 +80,11 @@ static int setup(job *j, const wan_train_opts *opts) {
                         cfg->parallel.vp);
     WAN_TRY(wan_runtime_init(&j->rt, cfg, opts->nproc));
     j->stop_flag = j->rt.be->alloc(j->rt.be, sizeof(float));
-    if (j->rt.boot.rank == 0)
+    if (j->rt.boot.rank == 0) {
         wan_info("world %d = tp %d x cp %d x dp %d x pp %d%s; backend %s", j->rt.dist.world, j->rt.dist.tp, j->rt.dist.cp,
                  j->rt.dist.dp, j->rt.dist.pp, j->rt.dist.sp ? " (sequence parallel)" : "", j->rt.be->device_name);
+        wan_config_advise(cfg);
+    }
 
     WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, wan_recompute_of(&cfg->train), true));
     float *init = malloc((size_t)j->model.ps.total * sizeof(float));

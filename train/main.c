@@ -18,6 +18,11 @@ static const char *prog = "wan-train";
 /* --check: what a rank of each pipeline stage will allocate (MiB, as the first step logs it). */
 static int print_memory_plan(const wan_config *cfg, int world) {
     bool cuda = !strcmp(cfg->train.device, "cuda");
+    const int *ls = cfg->train.latent_shape;
+    if (!ls[0] || !ls[1] || !ls[2]) {
+        wan_info("no memory plan: train.latent_shape is taken from the data (set it to plan the activations)");
+        return 0;
+    }
     for (int s = 0; s < cfg->parallel.pp; s++) {
         wan_memory_plan_t p;
         if (wan_memory_plan(cfg, world, cuda, s, &p)) return WAN_ERR_USAGE;
@@ -123,6 +128,7 @@ int main(int argc, char **argv) {
             return 0;
         }
         wan_info("%s: configuration is valid for %d ranks", cc.path ? cc.path : "embedded default", world);
+        wan_config_advise(&cfg);
         if (print_memory_plan(&cfg, world)) return wan_cli_fail(prog, WAN_ERR_USAGE);
         return 0;
     }

@@ -12,6 +12,24 @@ for f in "$ROOT"/configs/*.cfg; do
     else t_fail "preset $(basename "$f")"; cat "$T_TMP/out"; fi
 done
 
+# --check plans each pipeline stage's memory per GPU (the 14B H100 preset: state 43.1 GiB of
+# bf16 weights, fp32 gradients and the ZeRO slice of fp32 masters and moments over dp x cp = 32)
+"$BIN/wan-train" --config "$ROOT/configs/wan2.1-14b-h100.cfg" --check >"$T_TMP/plan" 2>&1
+t_check "14B H100 preset: --check plans 44149.0 MiB of training state and 8906.0 MiB of activations per GPU" \
+    grep -q 'memory of a stage 0 rank (cuda): training state 44149.0 MiB .*activations 8906.0 MiB' "$T_TMP/plan"
+"$BIN/wan-train" --check --set parallel.pp=2 --world 2 >"$T_TMP/plan" 2>&1
+t_check "--check plans every pipeline stage (pp=2: two lines)" test "$(grep -c 'memory of a stage [01] rank' "$T_TMP/plan")" = 2
+"$BIN/wan-train" --check --set 'train.latent_shape=[0, 0, 0]' --set 'data.path="/data/latents"' >"$T_TMP/plan" 2>&1
+rc=$?
+t_check_all "--check with the latent shape taken from the data: valid (exit $rc), no plan, says why" \
+    '[ $rc = 0 ] && grep -q "no memory plan: train.latent_shape is taken from the data" "$T_TMP/plan"'
+# a valid but slow choice is named: tensor parallel without sequence parallel
+"$BIN/wan-train" --check --set parallel.tp=2 --world 2 >"$T_TMP/adv" 2>&1
+t_check "tp=2 without sp: --check warns that the row-parallel outputs are all-reduced in one piece" \
+    grep -q 'warn.*parallel.tp = 2 without parallel.sp' "$T_TMP/adv"
+"$BIN/wan-train" --check --set parallel.tp=2 --set parallel.sp=true --world 2 >"$T_TMP/adv" 2>&1
+t_check "tp=2 with sp: no such warning" bash -c "! grep -q 'without parallel.sp' '$T_TMP/adv'"
+
 for f in "$CFG"/bad_*.cfg; do
     name=$(basename "$f")
     expect=$(sed -n 's/^# expect: //p' "$f")
