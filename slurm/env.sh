@@ -56,12 +56,13 @@
 #   export NCCL_NET_GDR_LEVEL=...   # GPUDirect RDMA policy
 #   export NCCL_CROSS_NIC=...       # rails of multi-rail fabrics
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}   # INFO to see which transports and interfaces it chose
-# The data-parallel gradient reductions run on a second NCCL stream under the backward, beside
-# the tp/cp/pp transfers: two communicators' kernels at once, which NCCL supports when no
+# The data-parallel gradient reductions (under the backward) and weight gather (under the next
+# forward) run on a second NCCL stream, beside the tp/cp/pp transfers: two communicators' kernels at once, which NCCL supports when no
 # implicit device synchronisation comes between them; CUDA's lazy module loading can cause one.
 export CUDA_MODULE_LOADING=${CUDA_MODULE_LOADING:-EAGER}
-# WAN_NCCL_ONE_STREAM=1 puts the data-parallel groups on the main NCCL stream (no overlap of
-# the gradient reduction; a fallback should a cluster hang with two).
+# WAN_NCCL_ONE_STREAM=1 puts the data-parallel groups on the main NCCL stream (the gradient
+# reduction and the weight gather then no longer overlap the backward and the forward's tp/cp
+# transfers; a fallback should a cluster hang with two).
 : "${WAN_NCCL_ONE_STREAM:=}"
 
 # Modules or containers the jobs need, e.g.:
