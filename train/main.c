@@ -35,8 +35,8 @@ static int print_memory_plan(const wan_config *cfg, int world) {
                  p.per_microbatch / MiB, p.shared / MiB, p.inbox / MiB, p.total / (1024.0 * MiB), p.total);
     }
     if (cuda)
-        wan_info("not counted above: cuBLASLt and cuDNN workspaces, the backend's scratch buffers, NCCL's buffers and "
-                 "the CUDA context");
+        wan_info("not counted above: cuBLASLt's 32 MiB workspace, cuDNN's attention workspaces and the backend's "
+                 "scratch buffers (all three in the step log's peak), NCCL's buffers and the CUDA context");
     return 0;
 }
 
