@@ -48,7 +48,8 @@ int wan_allgather(wan_group *g, void *recv, const void *send, size_t n, wan_dtyp
     return 0;
 }
 
-/* req NULL: the plain call; else started where the transport can (req->started says so). */
+/* broadcast, reduce and sendrecv, plain or started: req NULL is the plain call; otherwise the
+ * transport starts it where it can (req->started says so) and runs it plainly where not. */
 static int broadcast_any(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req) {
     WAN_TRY(usable(g, "broadcast"));
     WAN_TRY(member(g, "broadcast", "root", root));
@@ -70,7 +71,6 @@ int wan_broadcast_start(wan_group *g, void *buf, size_t n, wan_dtype dt, int roo
     *req = (wan_comm_req){0};
     return broadcast_any(g, buf, n, dt, root, req);
 }
-
 
 static int reduce_any(wan_group *g, void *buf, size_t n, wan_dtype dt, int root, wan_comm_req *req) {
     WAN_TRY(usable(g, "reduce"));

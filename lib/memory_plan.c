@@ -7,7 +7,6 @@
 
 #include "error.h"
 #include "model_internal.h"
-#include "optim.h"
 
 int wan_memory_plan(const wan_config *cfg, int world, bool cuda, int stage, wan_memory_plan_t *out) {
     const wan_parallel_cfg *par = &cfg->parallel;
@@ -40,9 +39,7 @@ int wan_memory_plan(const wan_config *cfg, int world, bool cuda, int stage, wan_
         out->state = m.state_bytes;
         wan_model_measure_acts(&m, &out->per_microbatch, &out->shared);
         out->inbox = wan_pipe_inbox_bytes(&m, &m.sh);
-        /* the 1F1B schedule (trainer.c): stage s holds min(pp - s, micro-batches) sets */
-        int M = t->gbs / (t->mbs * d.dp), K = par->pp - stage;
-        out->in_flight = K < M ? K : M;
+        out->in_flight = wan_1f1b_in_flight(par->pp, stage, t->gbs / (t->mbs * d.dp));
         out->activations = (size_t)out->in_flight * out->per_microbatch + out->shared + out->inbox;
         out->total = out->state + out->activations;
     }

@@ -120,11 +120,10 @@ int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wa
                      bool with_optimizer) {
     WAN_TRY(wan_model_describe(m, cfg, be, dist, recompute, with_optimizer));
     size_t np = (size_t)m->ps.total, wb = np * wan_dtype_size(be->param), gb = np * sizeof(float);
-    size_t ob = m->state_bytes - wan_align256(wb) - wan_align256(gb);
     m->state = be->alloc(be, m->state_bytes); /* zeroed */
     if (!m->state)
         return wan_fail(WAN_ERR_RUNTIME, "out of %s memory: %zu parameters need %.2f GB of training state (weights, "
-                        "gradients%s)", be->name, np, (double)m->state_bytes / 1e9, ob ? ", optimizer" : "");
+                        "gradients%s)", be->name, np, (double)m->state_bytes / 1e9, with_optimizer ? ", optimizer" : "");
     m->w = wan_model_state_take(m, wb);
     m->g = wan_model_state_take(m, gb);
     return 0;

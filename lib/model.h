@@ -128,6 +128,11 @@ typedef struct wan_model {
 #define WAN_PARAMS_BEFORE_BLOCKS (-1)
 #define WAN_PARAMS_ALL (-2)
 
+/* Activation sets the one-forward-one-backward schedule holds at once on pipeline stage
+ * `stage` of pp with M micro-batches a step (the trainer runs it; the memory plan counts it):
+ * the forwards before the stage's first backward, plus one, at most M. */
+static inline int wan_1f1b_in_flight(int pp, int stage, int M) { return pp - stage < M ? pp - stage : M; }
+
 /* Inputs of one micro-batch (host memory). With noise and sigma the model sees
  * x_t = (1 - sigma) latent + sigma noise at timestep 1000 sigma and the loss target is
  * noise - latent; without them it sees latent itself at `timestep`. */

@@ -75,23 +75,44 @@ static int block_ranges(wan_optim *o) {
     return 0;
 }
 
-/* Start the reduction of [a, b) over dp x cp: each piece to the member whose slice holds it. */
-static int reduce_range(wan_optim *o, int64_t a, int64_t b) {
-    wan_group *g = &o->m->dist->dpcp_g;
+/* Start a collective over dp x cp on each piece of [a, b) that one member's slice holds, that
+ * member as the root: the gradients' reduction into it (gather false), or the broadcast of its
+ * new weights (gather true). */
+static int pieces_start(wan_optim *o, wan_optim_pieces *q, int64_t a, int64_t b, bool gather) {
+    wan_model *m = o->m;
+    wan_group *g = &m->dist->dpcp_g;
     if (g->size == 1) return 0;
     for (int k = 0; k < g->size && a < b; k++) {
         int64_t lo, hi;
-        wan_zero_range(o->m->ps.total, g->size, k, &lo, &hi);
+        wan_zero_range(m->ps.total, g->size, k, &lo, &hi);
         int64_t x = a > lo ? a : lo, y = b < hi ? b : hi;
         if (x >= y) continue;
-        if (o->nreq == o->req_cap) {
-            int cap = o->req_cap ? 2 * o->req_cap : 64;
-            wan_comm_req *r = realloc(o->reqs, (size_t)cap * sizeof *r);
-            if (!r) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
-            o->reqs = r, o->req_cap = cap;
+        if (q->n == q->cap) {
+            int cap = q->cap ? 2 * q->cap : 64;
+            wan_comm_req *r = realloc(q->req, (size_t)cap * sizeof *r);
+            if (r) q->req = r;
+            int64_t *l = realloc(q->lo, (size_t)cap * sizeof *l);
+            if (l) q->lo = l;
+            if (!r || !l) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
+            q->cap = cap;
         }
-        WAN_TRY(wan_reduce_start(g, o->m->g + x, (size_t)(y - x), WAN_F32, k, &o->reqs[o->nreq++]));
+        q->lo[q->n] = x;
+        wan_comm_req *req = &q->req[q->n++];
+        size_t psz = wan_dtype_size(m->be->param);
+        if (gather)
+            WAN_TRY(wan_broadcast_start(g, (char *)m->w + (size_t)x * psz, (size_t)(y - x), m->be->param, k, req));
+        else
+            WAN_TRY(wan_reduce_start(g, m->g + x, (size_t)(y - x), WAN_F32, k, req));
     }
+    return 0;
+}
+
+/* The compute waits for the pieces (in the order started) up to the first that starts at or
+ * beyond `bound`; the list empties once all were waited for. */
+static int pieces_wait(wan_optim *o, wan_optim_pieces *q, int64_t bound) {
+    wan_group *g = &o->m->dist->dpcp_g;
+    while (q->done < q->n && q->lo[q->done] < bound) WAN_TRY(wan_comm_wait(g, &q->req[q->done++]));
+    if (q->done == q->n) q->n = q->done = 0;
     return 0;
 }
 
@@ -104,47 +125,22 @@ int wan_optim_block_grads_done(void *ctx, int layer) {
     WAN_ASSERT(b >= 0 && b < o->l1 - o->l0 && !o->blk_started[b]);
     WAN_TRY(wan_model_reduce_tp_grads(o->m, layer));
     o->blk_started[b] = true;
-    return o->blk_lo[b] < o->blk_hi[b] ? reduce_range(o, o->blk_lo[b], o->blk_hi[b]) : 0;
+    return o->blk_lo[b] < o->blk_hi[b] ? pieces_start(o, &o->reduced, o->blk_lo[b], o->blk_hi[b], false) : 0;
 }
 
 /* ---------------------------------------------------------------- the weight gather */
-
-/* Wait for the pieces of the gather that start below `bound`. */
-static int weights_wait(wan_optim *o, int64_t bound) {
-    wan_group *g = &o->m->dist->dpcp_g;
-    while (o->wdone < o->nw && o->wlo[o->wdone] < bound) WAN_TRY(wan_comm_wait(g, &o->wreqs[o->wdone++]));
-    if (o->wdone == o->nw) o->nw = o->wdone = 0;
-    return 0;
-}
 
 int wan_optim_params_needed(void *ctx, int layer) {
     wan_optim *o = ctx;
     int64_t bound = o->m->ps.total;
     if (layer == WAN_PARAMS_BEFORE_BLOCKS && o->l1 > o->l0) bound = o->blk_lo[0];
     if (layer >= o->l0 && layer < o->l1) bound = o->blk_hi[layer - o->l0];
-    return weights_wait(o, bound);
-}
-
-static int weights_piece(wan_optim *o, int64_t a, int64_t b, int owner) {
-    wan_model *m = o->m;
-    if (o->nw == o->w_cap) {
-        int cap = o->w_cap ? 2 * o->w_cap : 128;
-        wan_comm_req *r = realloc(o->wreqs, (size_t)cap * sizeof *r);
-        if (r) o->wreqs = r;
-        int64_t *lo = realloc(o->wlo, (size_t)cap * sizeof *lo);
-        if (lo) o->wlo = lo;
-        if (!r || !lo) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
-        o->w_cap = cap;
-    }
-    o->wlo[o->nw] = a;
-    size_t psz = wan_dtype_size(m->be->param);
-    return wan_broadcast_start(&m->dist->dpcp_g, (char *)m->w + (size_t)a * psz, (size_t)(b - a), m->be->param, owner,
-                               &o->wreqs[o->nw++]);
+    return pieces_wait(o, &o->gathered, bound);
 }
 
 /* Every member's slice of the new weights to every member: one all-gather, or broadcasts from
- * each slice's owner cut at the blocks' bounds, in buffer order (the forward's order). Same
- * bytes either way. */
+ * each slice's owner cut at the blocks' bounds too, in buffer order (the forward's order).
+ * Same bytes either way. */
 static int weights_gather(wan_optim *o) {
     wan_model *m = o->m;
     wan_group *g = &m->dist->dpcp_g;
@@ -152,23 +148,16 @@ static int weights_gather(wan_optim *o) {
     if (g->size == 1) return 0;
     if (!o->wpieces)
         return wan_allgather(g, m->w, (char *)m->w + (size_t)o->lo * psz, (size_t)(o->hi - o->lo), m->be->param);
-    int nb = o->l1 - o->l0;
-    for (int k = 0; k < g->size; k++) {
-        int64_t lo, hi;
-        wan_zero_range(m->ps.total, g->size, k, &lo, &hi);
-        for (int64_t a = lo; a < hi;) {
-            int64_t cut = hi;
-            for (int b = 0; b < nb; b++) {
-                if (o->blk_lo[b] > a && o->blk_lo[b] < cut) cut = o->blk_lo[b];
-                if (o->blk_hi[b] > a && o->blk_hi[b] < cut) cut = o->blk_hi[b];
-            }
-            WAN_TRY(weights_piece(o, a, cut, k));
-            a = cut;
-        }
+    int64_t at = 0;
+    for (int b = 0; b < o->l1 - o->l0; b++) {
+        WAN_TRY(pieces_start(o, &o->gathered, at, o->blk_lo[b], true));
+        WAN_TRY(pieces_start(o, &o->gathered, o->blk_lo[b], o->blk_hi[b], true));
+        at = o->blk_hi[b];
     }
+    WAN_TRY(pieces_start(o, &o->gathered, at, m->ps.total, true));
     if (o->step == 1)
         wan_info("weight gather over dp x cp (%d ranks): %d pieces, each waited for by the forward that reads it",
-                 g->size, o->nw);
+                 g->size, o->gathered.n);
     return 0;
 }
 
@@ -176,7 +165,7 @@ static int weights_gather(wan_optim *o) {
 
 /* Forget this step's early reductions (after the wait, or after a failure ended the step). */
 static void reduce_reset(wan_optim *o) {
-    o->nreq = 0;
+    o->reduced.n = o->reduced.done = 0;
     for (int b = 0; b < o->l1 - o->l0; b++) o->blk_started[b] = false;
 }
 
@@ -195,12 +184,11 @@ static int reduce_rest(wan_optim *o) {
     int64_t at = 0;
     for (int b = 0; b < o->l1 - o->l0; b++) {
         if (!o->blk_started[b] || o->blk_lo[b] >= o->blk_hi[b]) continue;
-        WAN_TRY(reduce_range(o, at, o->blk_lo[b]));
+        WAN_TRY(pieces_start(o, &o->reduced, at, o->blk_lo[b], false));
         at = o->blk_hi[b];
     }
-    WAN_TRY(reduce_range(o, at, m->ps.total));
-    wan_group *g = &m->dist->dpcp_g;
-    for (int i = 0; i < o->nreq; i++) WAN_TRY(wan_comm_wait(g, &o->reqs[i]));
+    WAN_TRY(pieces_start(o, &o->reduced, at, m->ps.total, false));
+    WAN_TRY(pieces_wait(o, &o->reduced, m->ps.total));
     reduce_reset(o);
     return 0;
 }
@@ -244,10 +232,10 @@ void wan_optim_reset_masters(wan_optim *o) {
 /* The buffers belong to the model's state allocation, freed with the model. */
 void wan_optim_destroy(wan_optim *o) {
     /* reductions a failed step left in flight write into the gradients: let them finish */
-    if (o->m && (o->nreq || o->nw)) (void)wan_comm_flush(o->m->dist->comm);
+    if (o->m && (o->reduced.n || o->gathered.n)) (void)wan_comm_flush(o->m->dist->comm);
     free(o->seg);
-    free(o->blk_lo), free(o->blk_hi), free(o->blk_started), free(o->reqs);
-    free(o->wreqs), free(o->wlo);
+    free(o->blk_lo), free(o->blk_hi), free(o->blk_started);
+    free(o->reduced.req), free(o->reduced.lo), free(o->gathered.req), free(o->gathered.lo);
     memset(o, 0, sizeof *o);
 }
 
@@ -288,7 +276,7 @@ int wan_optim_step(wan_optim *o, double *grad_norm, double *lr_out) {
     wan_backend *be = m->be;
     wan_dist *d = m->dist;
     /* the last step's weights are all in place after a forward; this is for a step without */
-    WAN_TRY(weights_wait(o, m->ps.total));
+    WAN_TRY(pieces_wait(o, &o->gathered, m->ps.total));
     int rrc = reduce_rest(o);
     if (rrc) {
         reduce_reset(o);

@@ -6,8 +6,8 @@
  * block (wan_optim_block_grads_done), under the backward of the blocks below; the rest at the
  * step. The weights travel back the same way: the gather is a broadcast from each slice's owner
  * per piece of a block, which the next forward waits for block by block
- * (wan_optim_params_needed), so it runs under the forward of the blocks before. Decay on matrices only; global-norm clipping; warm-up then constant or cosine learning
- * rate. */
+ * (wan_optim_params_needed), so it runs under the forward of the blocks before. Decay on
+ * matrices only; global-norm clipping; warm-up then constant or cosine learning rate. */
 #ifndef WAN_OPTIM_H
 #define WAN_OPTIM_H
 
@@ -25,6 +25,14 @@ typedef struct {
     bool in_norm; /* counted in the gradient norm on this rank (replicated tensors on tp rank 0 only) */
     int param;    /* index into the model's parameter set */
 } wan_optim_segment;
+
+/* Collectives started on pieces of the flat buffer, each within one member's ZeRO slice: piece
+ * i starts at lo[i]; the first `done` were waited for. */
+typedef struct {
+    wan_comm_req *req;
+    int64_t *lo;
+    int n, done, cap;
+} wan_optim_pieces;
 
 typedef struct {
     wan_model *m;
@@ -44,16 +52,12 @@ typedef struct {
     int l0, l1;
     int64_t *blk_lo, *blk_hi;
     bool *blk_started;
-    wan_comm_req *reqs;
-    int nreq, req_cap;
-    /* Weight gather in flight: pieces in buffer order (piece i starts at wlo[i]), the first
-     * wdone already waited for; wpieces false: one all-gather at the step instead (the
-     * blocks are not one run each, or a parameter the forward reads before the blocks lies
-     * after them). */
+    wan_optim_pieces reduced;
+    /* Weight gather in flight, its pieces in buffer order; wpieces false: one all-gather at the
+     * step instead (the blocks are not one run each, or a parameter the forward reads before
+     * the blocks lies after them). */
     bool wpieces;
-    wan_comm_req *wreqs;
-    int64_t *wlo;
-    int nw, wdone, w_cap;
+    wan_optim_pieces gathered;
 } wan_optim;
 
 /* Bytes the optimizer takes from the model's state allocation (wan_model_create reserves them

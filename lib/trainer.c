@@ -224,7 +224,7 @@ static int train_step(job *j, int step, double *loss, int *seq_len) {
     wan_dist *d = &j->rt.dist;
     int M = cfg->train.gbs / (cfg->train.mbs * d->dp);
     int warm = d->pp - d->pp_rank - 1 < M ? d->pp - d->pp_rank - 1 : M;
-    int K = warm + 1 < M ? warm + 1 : M;
+    int K = wan_1f1b_in_flight(d->pp, d->pp_rank, M);
     double local = 0;
     mb_input u = {0};
     int rc = 0;

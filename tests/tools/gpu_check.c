@@ -757,6 +757,15 @@ static float *nget(const void *d, wan_dtype dt, size_t n) {
     return h;
 }
 
+/* Count `what` passed when the device buffer d holds member m's n values (chunk 0) exactly. */
+static void nexpect_member(const void *d, wan_dtype dt, size_t n, int m, const char *what, const wan_group *g) {
+    float *h = nget(d, dt, n);
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[m], 0, i);
+    free(h);
+    nexpect(ok, what, g);
+}
+
 typedef struct {
     int rank, chunk;
 } nsel;
@@ -817,11 +826,7 @@ static int nccl_collectives(wan_group *g, size_t n) {
     /* broadcast from the last member */
     nput(buf, WAN_BF16, n, nf, &me);
     WAN_TRY(op->broadcast(g, buf, n, WAN_BF16, p - 1));
-    h = nget(buf, WAN_BF16, n);
-    ok = true;
-    for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[p - 1], 0, i);
-    free(h);
-    nexpect(ok, "broadcast", g);
+    nexpect_member(buf, WAN_BF16, n, p - 1, "broadcast", g);
     /* started broadcast from member 0: a device copy after wait() sees the root's data */
     if (op->broadcast_start) {
         nput(buf, WAN_F32, n, nf, &me);
@@ -829,11 +834,7 @@ static int nccl_collectives(wan_group *g, size_t n) {
         WAN_TRY(op->broadcast_start(g, buf, n, WAN_F32, 0, &breq));
         WAN_TRY(op->wait(g, breq));
         gpu->copy(gpu, buf2, buf, n * sizeof(float));
-        h = nget(buf2, WAN_F32, n);
-        ok = true;
-        for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[0], 0, i);
-        free(h);
-        nexpect(ok, "broadcast_start + wait", g);
+        nexpect_member(buf2, WAN_F32, n, 0, "broadcast_start + wait", g);
     }
     /* reduce (f32 sum) to the last member: the others keep their input */
     nput(buf, WAN_F32, n, nf, &me);
@@ -846,11 +847,7 @@ static int nccl_collectives(wan_group *g, size_t n) {
     /* sendrecv around the ring (to itself in a group of one) */
     nput(buf, WAN_F32, n, nf, &me);
     WAN_TRY(op->sendrecv(g, buf, (r + 1) % p, buf2, (r + p - 1) % p, n, WAN_F32));
-    h = nget(buf2, WAN_F32, n);
-    ok = true;
-    for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[(r + p - 1) % p], 0, i);
-    free(h);
-    nexpect(ok, "sendrecv", g);
+    nexpect_member(buf2, WAN_F32, n, (r + p - 1) % p, "sendrecv", g);
     /* started sendrecv: the compute after wait() sees the data (a device copy, then the host) */
     nput(buf, WAN_F32, n, nf, &me);
     gpu->memset0(gpu, buf2, n * sizeof(float));
@@ -861,11 +858,7 @@ static int nccl_collectives(wan_group *g, size_t n) {
     } else
         WAN_TRY(op->sendrecv(g, buf, (r + 1) % p, buf2, (r + p - 1) % p, n, WAN_F32));
     gpu->copy(gpu, (char *)buf + n * sizeof(float), buf2, n * sizeof(float));
-    h = nget((char *)buf + n * sizeof(float), WAN_F32, n);
-    ok = true;
-    for (size_t i = 0; i < n; i++) ok &= h[i] == nval(g->ranks[(r + p - 1) % p], 0, i);
-    free(h);
-    nexpect(ok, "sendrecv_start + wait", g);
+    nexpect_member((char *)buf + n * sizeof(float), WAN_F32, n, (r + p - 1) % p, "sendrecv_start + wait", g);
     WAN_TRY(op->barrier(g));
     nexpect(true, "barrier", g);
     gpu->free(gpu, buf);
