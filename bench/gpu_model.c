@@ -168,6 +168,18 @@ static void s_matmul_bwd(wan_backend *be, void *din, wan_dtype din_dt, bool din_
     t_end(be, t, 2.0 * M * N * K * ((din != NULL) + (dw != NULL)), "matmul_bwd %dx%dx%d %s%s%s", M, N, K,
           din ? (din_acc ? "din+=" : "din") : "", dw ? " dw" : "", db ? "+db" : "");
 }
+static void s_matmul_gelu_fwd(wan_backend *be, void *g, void *h, const void *in, const void *w, const void *bias, int M,
+                              int N, int K) {
+    double t = t_begin(be);
+    real->matmul_gelu_fwd(be, g, h, in, w, bias, M, N, K);
+    t_end(be, t, 2.0 * M * N * K, "matmul_gelu_fwd %dx%dx%d", M, N, K);
+}
+static void s_matmul_dgelu_bwd(wan_backend *be, void *dh, const void *dout, const void *w, const void *h, int M, int N,
+                               int K) {
+    double t = t_begin(be);
+    real->matmul_dgelu_bwd(be, dh, dout, w, h, M, N, K);
+    t_end(be, t, 2.0 * M * N * K, "matmul_dgelu_bwd %dx%dx%d", M, N, K);
+}
 static void s_layernorm_fwd(wan_backend *be, void *out, wan_dtype out_dt, float *mean, float *rstd, const float *x,
                             const void *w, const void *b, const float *shift, const float *scale, int mod_stride,
                             wan_tokens tk, int D, float eps) {
@@ -338,6 +350,7 @@ static void s_convert(wan_backend *be, void *dst, wan_dtype dt, const void *src,
 
 static const wan_ops shim_ops = {
     .matmul_fwd = s_matmul_fwd,       .matmul_bwd = s_matmul_bwd,       .layernorm_fwd = s_layernorm_fwd,
+    .matmul_gelu_fwd = s_matmul_gelu_fwd, .matmul_dgelu_bwd = s_matmul_dgelu_bwd,
     .layernorm_bwd = s_layernorm_bwd, .rms_sumsq = s_rms_sumsq,         .rms_rope_fwd = s_rms_rope_fwd,
     .rms_rope_bwd_dot = s_rms_rope_bwd_dot, .rms_bwd_dx = s_rms_bwd_dx, .attention_fwd = s_attention_fwd,
     .attention_bwd = s_attention_bwd, .attention_merge = s_attention_merge, .gelu_fwd = s_gelu_fwd,

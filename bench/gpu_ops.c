@@ -93,10 +93,14 @@ static void row(const char *name, const char *shape, double sec, double flops, d
     }
 }
 
+/* Which of a Linear's products the block runs through the plain matmul ops (the FFN's forward in
+ * and input gradient out are fused with the GELU: bench_ffn_gelu). */
+enum { LIN_FWD = 1, LIN_DIN = 2, LIN_DW = 4, LIN_ALL = 7 };
+
 /* One Linear of the block as the model calls it: forward, input gradient, weight (+ bias)
  * gradient; M rows, N outputs, K inputs. */
 static void bench_linear(const char *name, int M, int N, int K, wan_dtype out_dt, bool bias, wan_dtype din_dt,
-                         bool din_acc) {
+                         bool din_acc, int which) {
     if (!selected(name)) return;
     wan_dtype act = be->act;
     void *in = rand_buf((size_t)M * K, act, 1.0f), *w = rand_buf((size_t)N * K, be->param, 0.02f);
@@ -107,17 +111,56 @@ static void bench_linear(const char *name, int M, int N, int K, wan_dtype out_dt
     double flops = 2.0 * M * N * K, t;
     char shape[64], label[96];
     snprintf(shape, sizeof shape, "%dx%dx%d", M, N, K);
-    snprintf(label, sizeof label, "%s fwd", name);
-    TIME_MEDIAN(t, be->ops->matmul_fwd(be, out, out_dt, in, act, w, b, M, N, K));
-    row(label, shape, t, flops, 0, true);
-    snprintf(label, sizeof label, "%s bwd din", name);
-    TIME_MEDIAN(t, be->ops->matmul_bwd(be, din, din_dt, din_acc, NULL, NULL, dout, act, in, act, w, M, N, K));
-    row(label, shape, t, flops, 0, true);
+    if (which & LIN_FWD) {
+        snprintf(label, sizeof label, "%s fwd", name);
+        TIME_MEDIAN(t, be->ops->matmul_fwd(be, out, out_dt, in, act, w, b, M, N, K));
+        row(label, shape, t, flops, 0, true);
+    }
+    if (which & LIN_DIN) {
+        snprintf(label, sizeof label, "%s bwd din", name);
+        TIME_MEDIAN(t, be->ops->matmul_bwd(be, din, din_dt, din_acc, NULL, NULL, dout, act, in, act, w, M, N, K));
+        row(label, shape, t, flops, 0, true);
+    }
     snprintf(label, sizeof label, "%s bwd dw%s", name, bias ? "+db" : "");
     TIME_MEDIAN(t, be->ops->matmul_bwd(be, NULL, din_dt, false, dw, db, dout, act, in, act, w, M, N, K));
     row(label, shape, t, flops, 0, true);
     be->free(be, in), be->free(be, w), be->free(be, b), be->free(be, out), be->free(be, dout);
     be->free(be, din), be->free(be, dw), be->free(be, db);
+}
+
+/* The FFN's GELU in the GEMM epilogues (what the block runs) against the GEMM and the separate
+ * GELU kernel (what it ran before): "where they pay" is this ratio. */
+static void bench_ffn_gelu(int S, int D, int F) {
+    if (!selected("ffn") && !selected("gelu")) return;
+    wan_dtype act = be->act;
+    size_t TF = (size_t)S * F;
+    void *ln = rand_buf((size_t)S * D, act, 1.0f), *w1 = rand_buf((size_t)F * D, be->param, 0.02f);
+    void *b1 = rand_buf(F, be->param, 0.1f), *w2 = rand_buf((size_t)D * F, be->param, 0.02f);
+    void *h = rand_buf(TF, act, 1.0f), *g = rand_buf(TF, act, 1.0f), *dh = rand_buf(TF, act, 1.0f);
+    void *dy = rand_buf((size_t)S * D, act, 1.0f);
+    double flops = 2.0 * S * F * D, fused, split;
+    char shape[64];
+    snprintf(shape, sizeof shape, "%dx%dx%d", S, F, D);
+    TIME_MEDIAN(fused, be->ops->matmul_gelu_fwd(be, g, h, ln, w1, b1, S, F, D));
+    row("ffn in fwd + gelu (epilogue)", shape, fused, flops, 0, true);
+    TIME_MEDIAN(split, {
+        be->ops->matmul_fwd(be, h, act, ln, act, w1, b1, S, F, D);
+        be->ops->gelu_fwd(be, g, h, TF);
+    });
+    row("  the same, gelu kernel after", shape, split, flops, 0, false);
+    double ratio_fwd = split / fused;
+    snprintf(shape, sizeof shape, "%dx%dx%d", S, D, F);
+    TIME_MEDIAN(fused, be->ops->matmul_dgelu_bwd(be, dh, dy, w2, h, S, D, F));
+    row("ffn out bwd din + dgelu (epilogue)", shape, fused, flops, 0, true);
+    TIME_MEDIAN(split, {
+        be->ops->matmul_bwd(be, dh, act, false, NULL, NULL, dy, act, NULL, act, w2, S, D, F);
+        be->ops->gelu_bwd(be, dh, dh, h, TF);
+    });
+    row("  the same, gelu_bwd kernel after", shape, split, flops, 0, false);
+    printf("  GELU epilogues: forward %.2fx, backward %.2fx the speed of GEMM + separate kernel\n", ratio_fwd,
+           split / fused);
+    be->free(be, ln), be->free(be, w1), be->free(be, b1), be->free(be, w2), be->free(be, h), be->free(be, g);
+    be->free(be, dh), be->free(be, dy);
 }
 
 static void bench_attention(const char *name, int H, int Sq, int Skv) {
@@ -203,12 +246,11 @@ static void bench_pointwise(int S, int D, int F) {
     if (selected("gelu")) {
         void *h = rand_buf(TF, act, 1.0f), *g = rand_buf(TF, act, 1.0f);
         snprintf(shape, sizeof shape, "%dx%d", S, F);
+        /* not in the block's sum: it runs the GELU in the GEMM epilogues (bench_ffn_gelu) */
         TIME_MEDIAN(t, be->ops->gelu_fwd(be, g, h, TF));
-        row("gelu_fwd", shape, t, 0, TF * 2.0 * a, false);
-        block_ms += t * 1e3;
+        row("gelu_fwd (kernel alone)", shape, t, 0, TF * 2.0 * a, false);
         TIME_MEDIAN(t, be->ops->gelu_bwd(be, g, g, h, TF));
-        row("gelu_bwd", shape, t, 0, TF * 3.0 * a, false);
-        block_ms += t * 1e3;
+        row("gelu_bwd (kernel alone)", shape, t, 0, TF * 3.0 * a, false);
         be->free(be, h), be->free(be, g);
     }
     if (selected("adamw")) { /* one block's parameters */
@@ -264,14 +306,15 @@ int main(int argc, char **argv) {
     printf("%-34s %-22s %9s %9s %9s\n", "op", "shape (MxNxK)", "ms", "TFLOP/s", "GB/s");
     wan_dtype act = be->act;
     /* the GEMMs of model_block.c, with its output and gradient types */
-    bench_linear("self q|k", S, 2 * D, D, act, true, WAN_F32, false);
-    bench_linear("self v", S, D, D, act, true, WAN_F32, true);
-    bench_linear("self o", S, D, D, WAN_F32, false, act, false);
-    bench_linear("cross q", S, D, D, act, true, WAN_F32, false);
-    bench_linear("cross k|v (text)", L, 2 * D, D, act, true, WAN_F32, true);
-    bench_linear("cross o", S, D, D, WAN_F32, false, act, false);
-    bench_linear("ffn in", S, F, D, act, true, WAN_F32, false);
-    bench_linear("ffn out", S, D, F, WAN_F32, false, act, false);
+    bench_linear("self q|k", S, 2 * D, D, act, true, WAN_F32, false, LIN_ALL);
+    bench_linear("self v", S, D, D, act, true, WAN_F32, true, LIN_ALL);
+    bench_linear("self o", S, D, D, WAN_F32, false, act, false, LIN_ALL);
+    bench_linear("cross q", S, D, D, act, true, WAN_F32, false, LIN_ALL);
+    bench_linear("cross k|v (text)", L, 2 * D, D, act, true, WAN_F32, true, LIN_ALL);
+    bench_linear("cross o", S, D, D, WAN_F32, false, act, false, LIN_ALL);
+    bench_linear("ffn in", S, F, D, act, true, WAN_F32, false, LIN_DIN | LIN_DW);
+    bench_linear("ffn out", S, D, F, WAN_F32, false, act, false, LIN_FWD | LIN_DW);
+    bench_ffn_gelu(S, D, F);
     bench_attention("self-attention", H, S, S);
     bench_attention("cross-attention", H, S, L);
     bench_pointwise(S, D, F);

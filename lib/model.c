@@ -373,7 +373,6 @@ static void layout(wan_model *m, bump *b, bump *sh) {
     a->y_part = take(sh, Tf * D * fs);
     a->dy = take(sh, Tf * D * as);
     a->dln = take(sh, Tf * D * fs);
-    a->dg = take(sh, Tf * Fl * as);
     a->dh = take(sh, Tf * Fl * as);
     a->datt = take(sh, Tf * Dl * as);
     a->dq = take(sh, Tf * Dl * as);

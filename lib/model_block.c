@@ -148,9 +148,9 @@ static int row_parallel_forward(wan_model *m, float *out, const void *in, int K,
 }
 
 /* din [Tf, K] = a->dy @ w, the row-parallel layer's input gradient, chunk by chunk as the rows
- * of a->dy arrive (this rank's are in place); with h, each chunk then goes through the GELU
- * backward into dh. */
-static int row_parallel_backward_input(wan_model *m, void *din, int K, int64_t w, void *dh, const void *h) {
+ * of a->dy arrive (this rank's are in place); with h (the FFN), din is the gradient before the
+ * GELU whose input h was: gelu'(h) * (a->dy @ w), one fused op. */
+static int row_parallel_backward_input(wan_model *m, void *din, int K, int64_t w, const void *h) {
     const wan_ops *op = m->be->ops;
     wan_dtype act = m->be->act;
     tp_ring r;
@@ -159,9 +159,11 @@ static int row_parallel_backward_input(wan_model *m, void *din, int K, int64_t w
     while (c >= 0) {
         size_t r0 = (size_t)c * r.rows;
         void *d = ACT_AT(m, din, r0 * K);
-        op->matmul_bwd(m->be, d, act, false, NULL, NULL, ACT_AT(m, m->a->dy, r0 * m->D), act, NULL, act, PARAM(m, w),
-                       r.rows, m->D, K);
-        if (dh) op->gelu_bwd(m->be, ACT_AT(m, dh, r0 * K), d, ACT_AT(m, h, r0 * K), (size_t)r.rows * K);
+        const void *dy = ACT_AT(m, m->a->dy, r0 * m->D);
+        if (h)
+            op->matmul_dgelu_bwd(m->be, d, dy, PARAM(m, w), ACT_AT(m, h, r0 * K), r.rows, m->D, K);
+        else
+            op->matmul_bwd(m->be, d, act, false, NULL, NULL, dy, act, NULL, act, PARAM(m, w), r.rows, m->D, K);
         WAN_TRY(gather_next(&r, &c));
     }
     return 0;
@@ -397,13 +399,12 @@ int wan_block_forward(wan_model *m, int l, wan_block_acts *k) {
     /* ---- FFN ---- */
     op->layernorm_fwd(be, ACT_AT(m, k->ln2, (size_t)s->tok0 * D), act, k->mean2, k->rstd2, x, NULL, NULL, shift2, scale2,
                       6 * D, tk, D, eps);
-    /* the GELU chunk by chunk too: the next GEMM's first chunk needs only its own rows */
+    /* the GEMM and its GELU in one op, chunk by chunk as the gathered rows arrive */
     WAN_TRY(gather_begin(&r, m, k->ln2, D, &c));
     while (c >= 0) {
         size_t r0 = (size_t)c * r.rows;
-        void *h = ACT_AT(m, k->h, r0 * Fl);
-        op->matmul_fwd(be, h, act, ACT_AT(m, k->ln2, r0 * D), act, PARAM(m, o->f1_w), PARAM(m, o->f1_b), r.rows, Fl, D);
-        op->gelu_fwd(be, ACT_AT(m, k->g, r0 * Fl), h, (size_t)r.rows * Fl);
+        op->matmul_gelu_fwd(be, ACT_AT(m, k->g, r0 * Fl), ACT_AT(m, k->h, r0 * Fl), ACT_AT(m, k->ln2, r0 * D),
+                            PARAM(m, o->f1_w), PARAM(m, o->f1_b), r.rows, Fl, D);
         WAN_TRY(gather_next(&r, &c));
     }
     WAN_TRY(row_parallel_forward(m, k->ff_y, k->g, Fl, o->f2_w));
@@ -444,7 +445,7 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
 
     /* ---- FFN ---- */
     residual_backward(m, k->ff_y, o->f2_b, gate2, dmod + 5 * D);
-    WAN_TRY(row_parallel_backward_input(m, a->dg, Fl, o->f2_w, a->dh, k->h));
+    WAN_TRY(row_parallel_backward_input(m, a->dh, Fl, o->f2_w, k->h));
     WAN_TRY(column_parallel_backward_input(m, &r, a->dh, Fl, PARAM(m, o->f1_w), NULL, 0, NULL));
     op->matmul_bwd(be, NULL, act, false, GRAD(m, o->f2_w), NULL, a->dy, act, k->g, act, NULL, Tf, D, Fl);
     op->matmul_bwd(be, NULL, act, false, GRAD(m, o->f1_w), GRAD(m, o->f1_b), a->dh, act, k->ln2, act, NULL, Tf, Fl, D);
@@ -454,7 +455,7 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
 
     /* ---- cross-attention ---- */
     residual_backward(m, NULL, o->co_b, NULL, NULL);
-    WAN_TRY(row_parallel_backward_input(m, a->dcatt, Dl, o->co_w, NULL, NULL));
+    WAN_TRY(row_parallel_backward_input(m, a->dcatt, Dl, o->co_w, NULL));
     /* dk -> dckn, dv -> the v columns of dckv */
     op->attention_bwd(be, a->dcqn, Dl, a->dckn, Dl, ACT_AT(m, a->dckv, Dl), 2 * Dl, false, a->dcatt, Dl, k->catt, Dl,
                       k->clse, k->cqn, Dl, k->ckn, Dl, ACT_AT(m, k->ckv, Dl), 2 * Dl, B, m->Hl, s->S_cp, m->L, m->hd, m->L,
@@ -472,7 +473,7 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
 
     /* ---- self-attention ---- */
     residual_backward(m, k->sa_y, o->o_b, gate1, dmod + 2 * D);
-    WAN_TRY(row_parallel_backward_input(m, a->datt, Dl, o->o_w, NULL, NULL));
+    WAN_TRY(row_parallel_backward_input(m, a->datt, Dl, o->o_w, NULL));
     WAN_TRY(self_attention_backward(m, k));
     size_t TDl = (size_t)Tf * Dl;
     WAN_TRY(qk_norm_backward(m, a->dqk_raw, 2 * Dl, a->dq, Dl, k->qk, 2 * Dl, k->rr_q, Tf, o->nq, &a->rope, tkf,

@@ -37,7 +37,7 @@ struct wan_model_acts {
     float *y_part;           /* [Tf, D] row-parallel partial output */
     void *dy;                /* [Tf, D] act, gathered gradient of a row-parallel output */
     float *dln;              /* [Tf, D] fp32 gradient of a norm output (reduced over tp) */
-    void *dg, *dh;           /* [Tf, Fl] */
+    void *dh;                /* [Tf, Fl] */
     void *datt, *dq, *dkv, *dqk_raw; /* [Tf, Dl], [Tf, Dl], [2, Tf, Dl], [Tf, 2Dl] */
     void *dcatt, *dcqn, *dcq;        /* [Tf, Dl] */
     void *dckn, *dckv;       /* [B*L, Dl], [B*L, 2Dl] */

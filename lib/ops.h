@@ -55,6 +55,15 @@ typedef struct wan_ops {
     void (*matmul_bwd)(wan_backend *be, void *din, wan_dtype din_dt, bool din_accumulate, float *dw,
                        float *db, const void *dout, wan_dtype dout_dt, const void *in, wan_dtype in_dt,
                        const void *w, int M, int N, int K);
+    /* The FFN's GELU fused into its GEMMs (on CUDA in the cuBLASLt epilogue, so the [M, N]
+     * activation makes one trip through memory instead of three). All act dtype.
+     * Forward:  h[M,N] = in[M,K] @ w[N,K]^T + bias[N] (kept for the backward), g = gelu(h), the
+     *           tanh approximation.
+     * Backward of the layer after it: dh[M,K] = gelu'(h[M,K]) * (dout[M,N] @ w[N,K]), written. */
+    void (*matmul_gelu_fwd)(wan_backend *be, void *g, void *h, const void *in, const void *w, const void *bias,
+                            int M, int N, int K);
+    void (*matmul_dgelu_bwd)(wan_backend *be, void *dh, const void *dout, const void *w, const void *h, int M,
+                             int N, int K);
 
     /* ---- LayerNorm (fp32 statistics) with optional affine (w, b) or modulation ----
      * out = LN(x) * w + b                       (w, b params; NULL = no affine)

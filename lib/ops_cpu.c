@@ -113,6 +113,8 @@ static void check_openblas_kernels(void) {
 static const wan_ops cpu_ops = {
     .matmul_fwd = cpu_matmul_fwd,
     .matmul_bwd = cpu_matmul_bwd,
+    .matmul_gelu_fwd = cpu_matmul_gelu_fwd,
+    .matmul_dgelu_bwd = cpu_matmul_dgelu_bwd,
     .layernorm_fwd = cpu_layernorm_fwd,
     .layernorm_bwd = cpu_layernorm_bwd,
     .rms_sumsq = cpu_rms_sumsq,

@@ -106,6 +106,10 @@ void cpu_matmul_fwd(wan_backend *be, void *out, wan_dtype out_dt, const void *in
 void cpu_matmul_bwd(wan_backend *be, void *din, wan_dtype din_dt, bool din_accumulate, float *dw, float *db,
                     const void *dout, wan_dtype dout_dt, const void *in, wan_dtype in_dt, const void *w,
                     int M, int N, int K);
+void cpu_matmul_gelu_fwd(wan_backend *be, void *g, void *h, const void *in, const void *w, const void *bias, int M,
+                         int N, int K);
+void cpu_matmul_dgelu_bwd(wan_backend *be, void *dh, const void *dout, const void *w, const void *h, int M, int N,
+                          int K);
 
 void cpu_layernorm_fwd(wan_backend *be, void *out, wan_dtype out_dt, float *mean, float *rstd, const float *x,
                        const void *w, const void *b, const float *shift, const float *scale, int mod_stride,

@@ -90,3 +90,17 @@ void cpu_matmul_bwd(wan_backend *be, void *din, wan_dtype din_dt, bool din_accum
         }
     }
 }
+
+/* The FFN's GEMM + GELU pairs: on the CPU the two ops one after the other (in fp32 nothing is
+ * rounded in between, so this is what the fused CUDA epilogue computes). */
+void cpu_matmul_gelu_fwd(wan_backend *be, void *g, void *h, const void *in, const void *w, const void *bias, int M,
+                         int N, int K) {
+    cpu_matmul_fwd(be, h, be->act, in, be->act, w, bias, M, N, K);
+    cpu_gelu_fwd(be, g, h, (size_t)M * N);
+}
+
+void cpu_matmul_dgelu_bwd(wan_backend *be, void *dh, const void *dout, const void *w, const void *h, int M, int N,
+                          int K) {
+    cpu_matmul_bwd(be, dh, be->act, false, NULL, NULL, dout, be->act, NULL, be->act, w, M, N, K);
+    cpu_gelu_bwd(be, dh, dh, h, (size_t)M * K); /* elementwise: in place is safe */
+}

@@ -181,6 +181,8 @@ void *wan_cuda_process_stream(void) { return (void *)last_stream; }
 static const wan_ops cuda_ops = {
     .matmul_fwd = wan_cuda_matmul_fwd,
     .matmul_bwd = wan_cuda_matmul_bwd,
+    .matmul_gelu_fwd = wan_cuda_matmul_gelu_fwd,
+    .matmul_dgelu_bwd = wan_cuda_matmul_dgelu_bwd,
     .layernorm_fwd = wan_cuda_layernorm_fwd,
     .layernorm_bwd = wan_cuda_layernorm_bwd,
     .rms_sumsq = wan_cuda_rms_sumsq,

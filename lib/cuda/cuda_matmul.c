@@ -1,6 +1,9 @@
 /* Matrix products of the CUDA backend through cuBLASLt: 16-bit or fp32 inputs, fp32 accumulation
- * (CUBLAS_COMPUTE_32F), output in the asked type, the bias added by the GEMM epilogue, weight
- * gradients accumulated into fp32 with beta = 1. The matmul descriptor, the three layouts and
+ * (CUBLAS_COMPUTE_32F), output in the asked type, the bias added by the GEMM epilogue, the FFN's
+ * GELU too (forward GELU_AUX_BIAS, the input gradient through it DGELU: its [tokens, ffn]
+ * activation written once instead of written, read and written again), weight gradients
+ * accumulated into fp32 with beta = 1. Where the heuristic has no algorithm with an epilogue
+ * (a leading dimension not a multiple of 8, say) a kernel does that part after the GEMM. The matmul descriptor, the three layouts and
  * the algorithm that cublasLtMatmulAlgoGetHeuristic chose are cached per shape (dims, leading
  * dims, types, transposes, epilogue and pointer alignments) in a small hash map.
  *
@@ -39,17 +42,23 @@
 #define WAN_MM_CHUNK_ELEMS ((size_t)16 << 20)
 #define WAN_MM_CACHE_SIZE 512
 
+/* The GELU of the FFN, beyond the bias: applied to the product (the input kept in an auxiliary
+ * matrix), or its derivative at a kept input multiplied into the product. */
+typedef enum { GELU_NONE, GELU_FWD, GELU_BWD } gelu_mode;
+
 typedef struct {
     int32_t transa, transb;
     int32_t ta, tb, td, tbias; /* cudaDataType; tbias = -1 without a bias */
     int64_t m, n, k, lda, ldb, ldd;
     int32_t align_a, align_b, align_d, align_bias;
+    int32_t gelu, align_aux; /* gelu_mode; the auxiliary matrix has D's type and layout */
 } mm_key;
 
 typedef struct {
     mm_key key;
     bool used;
     bool bias_in_epilogue; /* false: no algorithm had the bias epilogue; a kernel adds it */
+    bool gelu_in_epilogue; /* false: no algorithm had the GELU epilogue; a kernel applies it */
     bool fallback;         /* no algorithm at all: wan_cuda_gemm_fallback computes it */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, ld;
@@ -127,7 +136,39 @@ static cublasStatus_t pick_algo(wan_cuda *c, mm_plan *p) {
     return CUBLAS_STATUS_SUCCESS;
 }
 
-static void plan_build(wan_cuda *c, mm_plan *p, const mm_key *k, const void *bias) {
+/* The GELU epilogues (cuBLASLt's GELU is the tanh approximation, Wan's): forward GELU_AUX(_BIAS)
+ * writes gelu(x) to D and x to the auxiliary matrix; backward DGELU multiplies the product by
+ * gelu'(aux). True when the heuristic has an algorithm for it. */
+static bool try_gelu_epilogue(wan_cuda *c, mm_plan *p, const void *bias, const void *aux) {
+    const mm_key *k = &p->key;
+    cublasLtEpilogue_t epi = k->gelu == GELU_BWD ? CUBLASLT_EPILOGUE_DGELU
+                             : bias             ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                                : CUBLASLT_EPILOGUE_GELU_AUX;
+    int64_t ld = k->ldd;
+    set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld);
+    /* as for the bias, the heuristic reads the pointers' alignment */
+    set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux);
+    if (bias && k->gelu == GELU_FWD) {
+        int32_t bt = k->tbias;
+        set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt);
+        set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    }
+    if (pick_algo(c, p) == CUBLAS_STATUS_SUCCESS) {
+        p->gelu_in_epilogue = true;
+        p->bias_in_epilogue = bias != NULL;
+        return true;
+    }
+    epi = CUBLASLT_EPILOGUE_DEFAULT;
+    set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    wan_warn("cuBLASLt has no algorithm with the %s epilogue for the GEMM m=%lld n=%lld k=%lld (alignments D %d, aux "
+             "%d bytes); a separate kernel applies the GELU",
+             k->gelu == GELU_BWD ? "DGELU" : "GELU", (long long)k->m, (long long)k->n, (long long)k->k, k->align_d,
+             k->align_aux);
+    return false;
+}
+
+static void plan_build(wan_cuda *c, mm_plan *p, const mm_key *k, const void *bias, const void *aux) {
     memset(p, 0, sizeof *p);
     p->key = *k;
     p->used = true;
@@ -142,6 +183,7 @@ static void plan_build(wan_cuda *c, mm_plan *p, const mm_key *k, const void *bia
     WAN_CUBLAS(cublasLtMatrixLayoutCreate(&p->lb, (cudaDataType_t)k->tb, (uint64_t)(nb ? k->k : k->n),
                                           (uint64_t)(nb ? k->n : k->k), k->ldb));
     WAN_CUBLAS(cublasLtMatrixLayoutCreate(&p->ld, (cudaDataType_t)k->td, (uint64_t)k->m, (uint64_t)k->n, k->ldd));
+    if (k->gelu != GELU_NONE && try_gelu_epilogue(c, p, bias, aux)) return;
     if (k->tbias >= 0) {
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         int32_t bt = k->tbias;
@@ -171,7 +213,7 @@ static void plan_build(wan_cuda *c, mm_plan *p, const mm_key *k, const void *bia
              cublasLtGetStatusString(s));
 }
 
-static mm_plan *plan_get(wan_cuda *c, const mm_key *k, const void *bias) {
+static mm_plan *plan_get(wan_cuda *c, const mm_key *k, const void *bias, const void *aux) {
     struct wan_mm_cache *mc = c->mm;
     if (mc->used >= WAN_MM_CACHE_SIZE * 3 / 4) { /* a pathological number of shapes: start over */
         for (int i = 0; i < WAN_MM_CACHE_SIZE; i++)
@@ -182,7 +224,7 @@ static mm_plan *plan_get(wan_cuda *c, const mm_key *k, const void *bias) {
     for (;;) {
         mm_plan *p = &mc->plan[h];
         if (!p->used) {
-            plan_build(c, p, k, bias);
+            plan_build(c, p, k, bias, aux);
             mc->used++;
             return p;
         }
@@ -191,12 +233,20 @@ static mm_plan *plan_get(wan_cuda *c, const mm_key *k, const void *bias) {
     }
 }
 
-/* D[m x n] = op(A) op(B) (+ bias over the rows of D) + beta * D, column-major (see the top). */
-static void lt_gemm(wan_backend *be, cublasOperation_t transa, cublasOperation_t transb, int64_t m, int64_t n,
-                    int64_t k, const void *A, wan_dtype ta, int64_t lda, const void *B, wan_dtype tb, int64_t ldb,
-                    void *D, wan_dtype td, int64_t ldd, float beta, const void *bias, wan_dtype tbias) {
+/* D[m x n] = op(A) op(B) (+ bias over the rows of D) + beta * D, column-major (see the top);
+ * then with gelu, GELU_FWD: aux = D, D = gelu(aux); GELU_BWD: D *= gelu'(aux) (aux: D's type and
+ * layout, D dense and of the act type). */
+static void lt_gemm_gelu(wan_backend *be, cublasOperation_t transa, cublasOperation_t transb, int64_t m, int64_t n,
+                         int64_t k, const void *A, wan_dtype ta, int64_t lda, const void *B, wan_dtype tb, int64_t ldb,
+                         void *D, wan_dtype td, int64_t ldd, float beta, const void *bias, wan_dtype tbias,
+                         gelu_mode gelu, void *aux) {
     if (m <= 0 || n <= 0) return;
     wan_cuda *c = wan_cuda_of(be);
+    if (gelu != GELU_NONE) {
+        WAN_CUDA_REQUIRE(aux && ldd == m && td == be->act && beta == 0.0f && k > 0,
+                         "matmul with GELU: aux %p, ld %lld for %lld rows, beta %g, k %lld", aux, (long long)ldd,
+                         (long long)m, (double)beta, (long long)k);
+    }
     if (k <= 0) { /* nothing to multiply: D = beta * D (+ bias) */
         WAN_CUDA_REQUIRE(beta == 0.0f || beta == 1.0f, "matmul: k = 0 with beta %g", (double)beta);
         if (beta == 0.0f)
@@ -220,19 +270,41 @@ static void lt_gemm(wan_backend *be, cublasOperation_t transa, cublasOperation_t
     key.align_b = ptr_align(B);
     key.align_d = ptr_align(D);
     key.align_bias = bias ? ptr_align(bias) : 0;
-    mm_plan *p = plan_get(c, &key, bias);
+    key.gelu = gelu;
+    if (gelu != GELU_NONE) {
+        /* without the epilogue the forward's product goes to aux: the plan must suit both */
+        key.align_aux = ptr_align(aux);
+        if (gelu == GELU_FWD && key.align_aux < key.align_d) key.align_d = key.align_aux;
+    }
+    mm_plan *p = plan_get(c, &key, bias, aux);
+    bool gelu_kernel = gelu != GELU_NONE && !p->gelu_in_epilogue;
+    void *out = gelu_kernel && gelu == GELU_FWD ? aux : D;
     if (p->fallback) {
         wan_cuda_gemm_fallback(c->stream, transa == CUBLAS_OP_T, transb == CUBLAS_OP_T, m, n, k, A, ta, lda, B, tb, ldb,
-                               D, td, ldd, beta);
-        if (bias) wan_cuda_bias_add(c->stream, D, td, (int)ldd, bias, tbias, (int)n, (int)m);
-        return;
+                               out, td, ldd, beta);
+        if (bias) wan_cuda_bias_add(c->stream, out, td, (int)ldd, bias, tbias, (int)n, (int)m);
+    } else {
+        if (p->bias_in_epilogue) set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+        if (p->gelu_in_epilogue) set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux);
+        float alpha = 1.0f;
+        WAN_CUBLAS(cublasLtMatmul((cublasLtHandle_t)c->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, out, p->ld, out,
+                                  p->ld, &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream));
+        /* D is row-major [n, m] seen from our side: the bias runs along m */
+        if (bias && !p->bias_in_epilogue) wan_cuda_bias_add(c->stream, out, td, (int)ldd, bias, tbias, (int)n, (int)m);
     }
-    if (p->bias_in_epilogue) set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
-    float alpha = 1.0f;
-    WAN_CUBLAS(cublasLtMatmul((cublasLtHandle_t)c->lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld,
-                              &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream));
-    /* D is row-major [n, m] seen from our side: the bias runs along m */
-    if (bias && !p->bias_in_epilogue) wan_cuda_bias_add(c->stream, D, td, (int)ldd, bias, tbias, (int)n, (int)m);
+    if (gelu_kernel) {
+        size_t count = (size_t)m * (size_t)n;
+        if (gelu == GELU_FWD)
+            wan_cuda_gelu_fwd(be, D, aux, count);
+        else
+            wan_cuda_gelu_bwd(be, D, D, aux, count); /* elementwise: in place is safe */
+    }
+}
+
+static void lt_gemm(wan_backend *be, cublasOperation_t transa, cublasOperation_t transb, int64_t m, int64_t n,
+                    int64_t k, const void *A, wan_dtype ta, int64_t lda, const void *B, wan_dtype tb, int64_t ldb,
+                    void *D, wan_dtype td, int64_t ldd, float beta, const void *bias, wan_dtype tbias) {
+    lt_gemm_gelu(be, transa, transb, m, n, k, A, ta, lda, B, tb, ldb, D, td, ldd, beta, bias, tbias, GELU_NONE, NULL);
 }
 
 /* The bias as the GEMM output type wants it (cuBLASLt: bias type = D type). */
@@ -343,4 +415,31 @@ void wan_cuda_matmul_bwd(wan_backend *be, void *din, wan_dtype din_dt, bool din_
         }
     }
     if (db) wan_cuda_colsum(be, db, dout, dout_dt, M, N);
+}
+
+/* The FFN's first GEMM with its GELU: "TN" as matmul_fwd, the epilogue writing g and h. */
+void wan_cuda_matmul_gelu_fwd(wan_backend *be, void *g, void *h, const void *in, const void *w, const void *bias, int M,
+                              int N, int K) {
+    if (M <= 0 || N <= 0) return;
+    wan_dtype act = be->act;
+    WAN_CUDA_REQUIRE(act == be->param, "matmul_gelu_fwd: activations %s with weights %s", dt_name(act),
+                     dt_name(be->param));
+    lt_gemm_gelu(be, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, w, be->param, K, in, act, K, g, act, N, 0.0f,
+                 bias_as(be, bias, act, N), act, GELU_FWD, h);
+}
+
+/* The input gradient of the FFN's second GEMM through the GELU: "NN" as matmul_bwd's din, the
+ * epilogue multiplying by gelu'(h). */
+void wan_cuda_matmul_dgelu_bwd(wan_backend *be, void *dh, const void *dout, const void *w, const void *h, int M, int N,
+                               int K) {
+    if (M <= 0 || K <= 0) return;
+    wan_dtype act = be->act;
+    WAN_CUDA_REQUIRE(act == be->param, "matmul_dgelu_bwd: activations %s with weights %s", dt_name(act),
+                     dt_name(be->param));
+    if (N <= 0) { /* an empty product: dh = 0 */
+        WAN_CU(cudaMemsetAsync(dh, 0, (size_t)M * K * wan_dtype_size(act), wan_cuda_stream_of(be)));
+        return;
+    }
+    lt_gemm_gelu(be, CUBLAS_OP_N, CUBLAS_OP_N, K, M, N, w, be->param, K, dout, act, N, dh, act, K, 0.0f, NULL, WAN_F32,
+                 GELU_BWD, (void *)h);
 }

@@ -4,7 +4,10 @@
  *
  * Semantics, after NVIDIA's cuBLASLt documentation: column-major matrices,
  *   D = alpha * op(A) * op(B) + beta * C,   then the epilogue (BIAS: bias[i] added to row i of
- *   every column of D, "added before applying final postprocessing").
+ *   every column of D, "added before applying final postprocessing"; GELU_AUX(_BIAS): the value x
+ *   (bias included) stored to the auxiliary matrix and gelu(x) to D, the tanh approximation as
+ *   cuBLASLt's; DGELU: D = x * gelu'(aux), the auxiliary matrix an input). The auxiliary matrix
+ *   has D's type (AUX_DATA_TYPE unset) and D's rows, its leading dimension AUX_LD a multiple of 8.
  * Numerics: products of 16/32-bit float inputs are exact in double; each dot product is summed in
  * double, alpha, beta * C and the bias are applied in double, the result is rounded once to float
  * and then to D's type with round to nearest even. That is what the GPU's fp32 accumulator plus
@@ -41,6 +44,9 @@ typedef struct {
     int32_t compute, scale, pointer_mode, transa, transb, transc, fill, bias_type;
     uint32_t epilogue;
     const void *bias;
+    const void *aux;
+    int64_t aux_ld;
+    int32_t aux_type;
 } emu_desc;
 
 typedef struct {
@@ -179,7 +185,7 @@ cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *out, cublasCompute
     if (!d) return CUBLAS_STATUS_ALLOC_FAILED;
     *d = (emu_desc){.magic = MAGIC_DESC, .compute = compute, .scale = scale, .pointer_mode = CUBLASLT_POINTER_MODE_HOST,
                     .transa = CUBLAS_OP_N, .transb = CUBLAS_OP_N, .transc = CUBLAS_OP_N, .fill = CUBLAS_FILL_MODE_FULL,
-                    .bias_type = -1, .epilogue = CUBLASLT_EPILOGUE_DEFAULT};
+                    .bias_type = -1, .epilogue = CUBLASLT_EPILOGUE_DEFAULT, .aux_type = -1};
     *out = (cublasLtMatmulDesc_t)(void *)d;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -228,13 +234,27 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t op, cublasLtM
         return CUBLAS_STATUS_SUCCESS;
     case CUBLASLT_MATMUL_DESC_EPILOGUE:
         TAKE(uint32_t, v);
-        if (v != CUBLASLT_EPILOGUE_DEFAULT && v != CUBLASLT_EPILOGUE_BIAS)
-            return FAIL(NOT_SUPPORTED, "epilogue %d is not emulated (only DEFAULT and BIAS)", (int)v);
+        if (v != CUBLASLT_EPILOGUE_DEFAULT && v != CUBLASLT_EPILOGUE_BIAS && v != CUBLASLT_EPILOGUE_GELU_AUX &&
+            v != CUBLASLT_EPILOGUE_GELU_AUX_BIAS && v != CUBLASLT_EPILOGUE_DGELU)
+            return FAIL(NOT_SUPPORTED, "epilogue %d is not emulated (only DEFAULT, BIAS, GELU_AUX, GELU_AUX_BIAS, DGELU)",
+                        (int)v);
         d->epilogue = (uint32_t)v;
         return CUBLAS_STATUS_SUCCESS;
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
         if (n != sizeof(void *)) return FAIL(INVALID_VALUE, "BIAS_POINTER: %zu bytes, expected %zu", n, sizeof(void *));
         memcpy(&d->bias, buf, sizeof d->bias);
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER:
+        if (n != sizeof(void *)) return FAIL(INVALID_VALUE, "EPILOGUE_AUX_POINTER: %zu bytes, expected %zu", n, sizeof(void *));
+        memcpy(&d->aux, buf, sizeof d->aux);
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD:
+        TAKE(int64_t, d->aux_ld);
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE:
+        TAKE(int32_t, v);
+        if (v != -1 && !known_type(v)) return FAIL(NOT_SUPPORTED, "aux data type %d", (int)v);
+        d->aux_type = (int32_t)v;
         return CUBLAS_STATUS_SUCCESS;
     case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE:
         TAKE(int32_t, v);
@@ -346,6 +366,8 @@ typedef struct {
     const emu_layout *l[4]; /* A, B, C, D */
     int64_t m, n, k;
     int32_t bias_type; /* resolved; -1 without the bias epilogue */
+    int gelu;          /* 0: none, 1: GELU_AUX(_BIAS) (aux written), 2: DGELU (aux read) */
+    int64_t aux_ld;
 } problem;
 
 static const char MAT[] = "ABCD";
@@ -385,7 +407,20 @@ static cublasStatus_t check_problem(const char *fn, cublasLtHandle_t h, cublasLt
                     (long long)ak, (long long)bk, (long long)bn, (unsigned long long)C->rows, (unsigned long long)C->cols,
                     (unsigned long long)D->rows, (unsigned long long)D->cols, ta ? 'T' : 'N', tb ? 'T' : 'N');
     p->bias_type = -1;
-    if (p->op->epilogue == CUBLASLT_EPILOGUE_BIAS) {
+    uint32_t epi = p->op->epilogue;
+    p->gelu = epi == CUBLASLT_EPILOGUE_DGELU ? 2 : (epi == CUBLASLT_EPILOGUE_GELU_AUX || epi == CUBLASLT_EPILOGUE_GELU_AUX_BIAS);
+    p->aux_ld = p->gelu ? p->op->aux_ld : 0;
+    if (p->gelu) {
+        /* AUX_LD doc: "divisible by 8 and no less than the number of rows in the output matrix";
+         * AUX_DATA_TYPE doc: GELU's auxiliary matrix has the output's type */
+        if (p->aux_ld % 8 || p->aux_ld < p->m)
+            return fail(CUBLAS_STATUS_INVALID_VALUE, fn, "EPILOGUE_AUX_LD %lld: must be a multiple of 8 and >= %lld rows",
+                        (long long)p->aux_ld, (long long)p->m);
+        if (p->op->aux_type != -1 && p->op->aux_type != D->type)
+            return fail(CUBLAS_STATUS_NOT_SUPPORTED, fn, "GELU aux of type %s with D of type %s",
+                        type_name(p->op->aux_type), type_name(D->type));
+    }
+    if (epi == CUBLASLT_EPILOGUE_BIAS || epi == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
         /* BIAS_DATA_TYPE doc: the bias has D's type (exceptions only for IMMA and fp8 kernels) */
         p->bias_type = p->op->bias_type == -1 ? D->type : p->op->bias_type;
         if (p->bias_type != D->type)
@@ -404,7 +439,7 @@ static uint64_t fnv(uint64_t h, int64_t v) {
 static uint64_t fingerprint(const problem *p) {
     const emu_desc *o = p->op;
     uint64_t h = 0xcbf29ce484222325ull;
-    int64_t f[] = {o->compute, o->scale, o->pointer_mode, o->transa, o->transb, o->epilogue, p->bias_type};
+    int64_t f[] = {o->compute, o->scale, o->pointer_mode, o->transa, o->transb, o->epilogue, p->bias_type, p->aux_ld};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) h = fnv(h, f[i]);
     for (int i = 0; i < 4; i++) {
         h = fnv(h, p->l[i]->type);
@@ -423,8 +458,9 @@ static uint64_t addr_align(const void *ptr) {
     return a;
 }
 
-/* The one algorithm: data[0] marks it as ours, data[1] the problem, data[2..6] the alignments of
- * A, B, C, D and the bias that it was promised, data[7] its workspace (none). */
+/* The one algorithm: data[0] marks it as ours, data[1] the problem, data[2..5] the alignments of
+ * A, B, C, D that it was promised, data[6] those of the bias (low half) and the auxiliary matrix
+ * (high half), data[7] its workspace (none). */
 static cublasStatus_t heuristic(const char *fn, const problem *p, const uint32_t align[4], uint64_t max_ws,
                                 cublasLtMatmulAlgo_t *algo) {
     /* WAN_EMU_CUBLASLT_REFUSE=N: no algorithm when m, n or k is at most N, as the real heuristic
@@ -448,12 +484,19 @@ static cublasStatus_t heuristic(const char *fn, const problem *p, const uint32_t
             return fail(CUBLAS_STATUS_NOT_SUPPORTED, fn, "no algorithm for a bias pointer %p aligned to %llu bytes",
                         p->op->bias, (unsigned long long)bias_align);
     }
+    uint64_t aux_align = DEFAULT_ALIGN;
+    if (p->gelu) { /* likewise the auxiliary pointer's value */
+        aux_align = addr_align(p->op->aux);
+        if (aux_align < type_size(p->l[3]->type))
+            return fail(CUBLAS_STATUS_NOT_SUPPORTED, fn, "no algorithm for an aux pointer %p aligned to %llu bytes",
+                        p->op->aux, (unsigned long long)aux_align);
+    }
     (void)max_ws; /* we need no workspace, so every MAX_WORKSPACE_BYTES is respected */
     memset(algo, 0, sizeof *algo);
     algo->data[0] = ALGO_MAGIC;
     algo->data[1] = fingerprint(p);
     for (int i = 0; i < 4; i++) algo->data[2 + i] = align[i];
-    algo->data[6] = bias_align;
+    algo->data[6] = bias_align | aux_align << 32;
     algo->data[7] = 0;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -480,6 +523,16 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
 }
 
 /* ---- the product ---- */
+
+/* GELU, tanh approximation, and its derivative, in double. */
+static double gelu_tanh(double x) {
+    double t = tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
+    return 0.5 * x * (1 + t);
+}
+static double gelu_tanh_grad(double x) {
+    double t = tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x);
+}
 
 /* Bytes spanned by a column-major matrix (for the aliasing checks). */
 static uint64_t span(const emu_layout *l) {
@@ -541,19 +594,21 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t op, const
     const float al = *(const float *)alpha, be = *(const float *)beta;
     const emu_layout *LA = p.l[0], *LB = p.l[1], *LC = p.l[2], *LD = p.l[3];
     const void *bias = p.bias_type >= 0 ? p.op->bias : NULL;
-    const void *ptr[5] = {A, B, C, D, bias};
-    bool needed[5] = {p.k > 0, p.k > 0, be != 0.0f, true, p.bias_type >= 0};
+    void *aux = p.gelu ? (void *)p.op->aux : NULL;
+    const void *ptr[6] = {A, B, C, D, bias, aux};
+    bool needed[6] = {p.k > 0, p.k > 0, be != 0.0f, true, p.bias_type >= 0, p.gelu != 0};
     if (p.m == 0 || p.n == 0) return CUBLAS_STATUS_SUCCESS;
-    static const char *const what_of[5] = {"A", "B", "C", "D", "bias"};
-    for (int i = 0; i < 5; i++) {
+    static const char *const what_of[6] = {"A", "B", "C", "D", "bias", "aux"};
+    for (int i = 0; i < 6; i++) {
         const char *what = i == 2 && C == D ? "C (== D)" : what_of[i];
         if (!ptr[i]) {
             if (needed[i]) return FAIL(INVALID_VALUE, "%s is NULL", what);
             continue;
         }
-        /* the algorithm may assume the alignment its preference (or, for the bias, the bias
+        /* the algorithm may assume the alignment its preference (or, for the bias and aux, the
          * pointer seen by the heuristic) promised */
-        uint64_t want = algo->data[2 + i], have = addr_align(ptr[i]);
+        uint64_t want = i < 4 ? algo->data[2 + i] : i == 4 ? algo->data[6] & 0xffffffffu : algo->data[6] >> 32;
+        uint64_t have = addr_align(ptr[i]);
         if (have < want)
             return FAIL(INVALID_VALUE, "%s = %p is aligned to %llu bytes but the algorithm was chosen for %llu", what,
                         ptr[i], (unsigned long long)have, (unsigned long long)want);
@@ -568,6 +623,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t op, const
     if (overlap(A, span(LA), D, dspan) || overlap(B, span(LB), D, dspan))
         return FAIL(INVALID_VALUE, "D overlaps %s", overlap(A, span(LA), D, dspan) ? "A" : "B");
     if (bias && overlap(bias, (uint64_t)p.m * type_size(p.bias_type), D, dspan)) return FAIL(INVALID_VALUE, "D overlaps the bias");
+    const emu_layout aux_l = {.type = LD->type, .rows = LD->rows, .cols = LD->cols, .ld = p.aux_ld};
+    if (aux && (overlap(aux, span(&aux_l), D, dspan) || overlap(aux, span(&aux_l), A, span(LA)) ||
+                overlap(aux, span(&aux_l), B, span(LB))))
+        return FAIL(INVALID_VALUE, "the GELU aux matrix overlaps D, A or B");
 
     const int64_t m = p.m, n = p.n, k = p.k;
     float *ra = malloc(sizeof(float) * (size_t)(m * k + 1)), *cb = malloc(sizeof(float) * (size_t)(n * k + 1));
@@ -588,6 +647,13 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t op, const
                 double v = (double)al * dot(ra + i * k, cb + j * k, k);
                 if (be != 0.0f) v += (double)be * load(LC->type, C, i + j * LC->ld); /* beta == 0: C is not read */
                 if (bias) v += load(p.bias_type, bias, i);
+                if (p.gelu == 1) { /* the fp32 value goes through the GELU; its rounding is kept */
+                    float x = (float)v;
+                    store(LD->type, aux, i + j * p.aux_ld, x);
+                    v = gelu_tanh(x);
+                } else if (p.gelu == 2) {
+                    v = (double)(float)v * gelu_tanh_grad(load(LD->type, aux, i + j * p.aux_ld));
+                }
                 store(LD->type, D, i + j * LD->ld, (float)v);
             }
     }

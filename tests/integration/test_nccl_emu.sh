@@ -119,15 +119,20 @@ EOF2
     # dp=2: each block's gradient reduction starts in the backward, on the second NCCL stream.
     # tp2-sp-dp2 (four ranks): the tensor-parallel sums on one NCCL stream, then the same ranges'
     # data-parallel reduction on the other.
-    # equals_one_gpu NAME RUN REF: losses and gradient norms within 1e-4 of the one-GPU run; the
-    # steps' losses barely see the blocks' gradients (the head starts at zero): the Adam moments
-    # do (a dropped wait for the ring's dK/dV accumulator: 0.67 and 0.80; for the blocks' weight
-    # pieces in dp=2: 1.0)
+    # equals_one_gpu NAME RUN REF [TOL]: losses and gradient norms within 1e-4 of the one-GPU run;
+    # the steps' losses barely see the blocks' gradients (the head starts at zero): the Adam
+    # moments do, each tensor within relative TOL (default 0.1). A dropped wait for the ring's
+    # dK/dV accumulator gives 1.03 (self-attention k bias) and 0.70 (v weight), one for the
+    # blocks' weight pieces in dp=2 1.0. Context parallelism changes the attention's arithmetic
+    # (each K/V block its own bf16 softmax, merged in fp32), so the tensors whose gradients are
+    # cancellations (cross-attention weights, k biases: moments of norm 1e-7) move by what bf16
+    # moves them: 0.17 against one GPU, and 0.18 for one GPU against the fp32 CPU run (measured
+    # 2026-12-03); cp is compared within 0.35.
     equals_one_gpu() {
         local out rc
         out=$(compare "$2/steps.jsonl" "$3/steps.jsonl" 1e-4 2>&1)
         t_check "$1 emulated run equals one emulated GPU's: $out" [ $? = 0 ]
-        "$CKPT_COMPARE" "$2/checkpoints/latest" "$3/checkpoints/latest" --kinds adam_m,adam_v --tol 0.1 \
+        "$CKPT_COMPARE" "$2/checkpoints/latest" "$3/checkpoints/latest" --kinds adam_m,adam_v --tol "${4:-0.1}" \
             >"$2.moments.log" 2>&1
         rc=$?
         t_check "$1 emulated Adam moments equal one emulated GPU's: $(tail -n1 "$2.moments.log")" [ $rc = 0 ]
@@ -155,7 +160,7 @@ EOF2
         [ $rc = 0 ] || tail -n 30 "$T/train_gpu_$par.log"
         out=$(compare "$T/gpu-$par/steps.jsonl" "$T/cpu/steps.jsonl" 5e-2 1e-7 2>&1)
         t_check "$name emulated losses and gradient norms follow the CPU run (bf16 vs fp32): $out" [ $? = 0 ]
-        equals_one_gpu "$name" "$T/gpu-$par" "$T/gpu-1"
+        equals_one_gpu "$name" "$T/gpu-$par" "$T/gpu-1" "$([ $par = cp ] && echo 0.35 || echo 0.1)"
         [ $par != dp ] && links_connected "$name" "$T/train_gpu_$par.log"
         if [ $par = dp ] || [ $par = tp2-sp-dp2 ]; then
             t_check "$par: every block's gradient reduction started under the backward" \

@@ -229,6 +229,39 @@ static void test_matmul_bwd(const char *name, wan_dtype io_dt, wan_dtype din_dt,
     pair_free(&dout), pair_free(&in), pair_free(&w), pair_free(&din), pair_free(&dw), pair_free(&db);
 }
 
+/* The FFN's GEMMs with the GELU fused in: g = gelu(h), h = in @ w^T + b (both written), and
+ * dh = gelu'(h) * (dout @ w). A shape whose leading dimensions are not multiples of 8 takes the
+ * separate-kernel path (cuBLASLt's auxiliary matrix needs them). */
+static void test_matmul_gelu(const char *name, int M, int N, int K) {
+    if (!selected(name)) return;
+    wan_dtype act = gpu->act;
+    pair in, w, b, g, h;
+    pair_rand(&in, (size_t)M * K, act, 1.0f);
+    pair_rand(&w, (size_t)N * K, gpu->param, 0.05f);
+    pair_rand(&b, (size_t)N, gpu->param, 0.5f);
+    pair_poison(&g, (size_t)M * N, act);
+    pair_poison(&h, (size_t)M * N, act);
+    cpu->ops->matmul_gelu_fwd(cpu, g.c, h.c, in.c, w.c, b.c, M, N, K);
+    gpu->ops->matmul_gelu_fwd(gpu, g.g, h.g, in.g, w.g, b.g, M, N, K);
+    char op[64];
+    snprintf(op, sizeof op, "%s fwd", name);
+    check(op, "g", &g, TOL_BF16);
+    check(op, "h", &h, TOL_BF16);
+    pair_free(&in), pair_free(&w), pair_free(&b), pair_free(&g), pair_free(&h);
+
+    /* the backward of the layer after the GELU: dout [M, N], w [N, K], h and dh [M, K] */
+    pair dout, hk, dh;
+    pair_rand(&dout, (size_t)M * N, act, 1.0f);
+    pair_rand(&w, (size_t)N * K, gpu->param, 0.05f);
+    pair_rand(&hk, (size_t)M * K, act, 1.5f);
+    pair_poison(&dh, (size_t)M * K, act);
+    cpu->ops->matmul_dgelu_bwd(cpu, dh.c, dout.c, w.c, hk.c, M, N, K);
+    gpu->ops->matmul_dgelu_bwd(gpu, dh.g, dout.g, w.g, hk.g, M, N, K);
+    snprintf(op, sizeof op, "%s bwd", name);
+    check(op, "dh", &dh, TOL_BF16);
+    pair_free(&dout), pair_free(&w), pair_free(&hk), pair_free(&dh);
+}
+
 /* ---------------------------------------------------------------- norms */
 
 /* Rows of a micro-batch of 3 samples seen by a context-parallel rank 1 of 2. */
@@ -1000,6 +1033,8 @@ int main(int argc, char **argv) {
     test_matmul_bwd("matmul_bwd bf16 din+= f32", gpu->act, WAN_F32, true, true, M, N, K);
     test_matmul_bwd("matmul_bwd bf16 dw only", gpu->act, gpu->act, false, false, M, N, K);
     test_matmul_bwd("matmul_bwd f32 din+=", WAN_F32, WAN_F32, true, true, M, N, K);
+    test_matmul_gelu("matmul_gelu", M, N, K);
+    test_matmul_gelu("matmul_gelu odd shape", 37, 76, 44);
     if (!quick) { /* the time projection of the 14B model: weight converted in chunks */
         test_matmul_fwd("matmul_fwd f32 [2, 30720, 5120]", WAN_F32, WAN_F32, true, 2, 6 * 5120, 5120);
         test_matmul_bwd("matmul_bwd f32 [2, 30720, 5120]", WAN_F32, WAN_F32, false, true, 2, 6 * 5120, 5120);

@@ -176,6 +176,22 @@ static void e_matmul_bwd(wan_backend *be, void *din, wan_dtype din_dt, bool din_
     ev_out(&di), ev_drop(&dy), ev_drop(&x), ev_drop(&wv);
 }
 
+static void e_matmul_gelu_fwd(wan_backend *be, void *g, void *h, const void *in, const void *w, const void *bias, int M,
+                              int N, int K) {
+    ev go = ev_in(g, be->act, M, N, N), ho = ev_in(h, be->act, M, N, N), x = ev_in(in, be->act, M, K, K),
+       wv = ev_vec(w, be->param, (size_t)N * K), b = ev_vec(bias, be->param, N);
+    IOPS(be)->matmul_gelu_fwd(INNER(be), go.f, ho.f, x.f, wv.f, b.f, M, N, K); /* h unrounded under the GELU */
+    ev_out(&go), ev_out(&ho), ev_drop(&x), ev_drop(&wv), ev_drop(&b);
+}
+
+static void e_matmul_dgelu_bwd(wan_backend *be, void *dh, const void *dout, const void *w, const void *h, int M, int N,
+                               int K) {
+    ev d = ev_in(dh, be->act, M, K, K), dy = ev_in(dout, be->act, M, N, N), hv = ev_in(h, be->act, M, K, K),
+       wv = ev_vec(w, be->param, (size_t)N * K);
+    IOPS(be)->matmul_dgelu_bwd(INNER(be), d.f, dy.f, wv.f, hv.f, M, N, K);
+    ev_out(&d), ev_drop(&dy), ev_drop(&hv), ev_drop(&wv);
+}
+
 static void e_layernorm_fwd(wan_backend *be, void *out, wan_dtype out_dt, float *mean, float *rstd, const float *x,
                             const void *w, const void *b, const float *shift, const float *scale, int mod_stride,
                             wan_tokens tk, int D, float eps) {
@@ -338,6 +354,7 @@ static double e_sumsq(wan_backend *be, const float *x, size_t n) { return IOPS(b
 
 static const wan_ops emu_ops = {
     .matmul_fwd = e_matmul_fwd,       .matmul_bwd = e_matmul_bwd,
+    .matmul_gelu_fwd = e_matmul_gelu_fwd, .matmul_dgelu_bwd = e_matmul_dgelu_bwd,
     .layernorm_fwd = e_layernorm_fwd, .layernorm_bwd = e_layernorm_bwd,
     .rms_sumsq = e_rms_sumsq,         .rms_rope_fwd = e_rms_rope_fwd,
     .rms_rope_bwd_dot = e_rms_rope_bwd_dot, .rms_bwd_dx = e_rms_bwd_dx,

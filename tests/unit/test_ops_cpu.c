@@ -96,6 +96,58 @@ static void test_matmul(void) {
     matmul_case(37, 70, 23, true); /* more columns than one reduction tile */
 }
 
+/* ---------------- the FFN's GEMM + GELU pairs ---------------- */
+
+static double gelu_ref(double x);
+
+/* The second FFN layer as a function of the GELU's input: y = gelu(h) @ w^T, loss = dout . y */
+typedef struct {
+    int M, N, K; /* h [M, K], w [N, K], dout [M, N] */
+    double *h, *w, *dout;
+} ffn_ref;
+static double ffn_loss(void *ctx) {
+    ffn_ref *r = ctx;
+    double loss = 0;
+    for (int i = 0; i < r->M; i++)
+        for (int n = 0; n < r->N; n++) {
+            double y = 0;
+            for (int k = 0; k < r->K; k++) y += gelu_ref(r->h[i * r->K + k]) * r->w[n * r->K + k];
+            loss += r->dout[i * r->N + n] * y;
+        }
+    return loss;
+}
+
+static void matmul_gelu_case(int M, int F, int D) {
+    /* forward: h [M, F] = x [M, D] @ w1^T + b1, g = gelu(h), against the double reference */
+    size_t nx = (size_t)M * D, nw = (size_t)F * D, nh = (size_t)M * F;
+    float *x = frand(nx, -1, 1), *w1 = frand(nw, -0.6f, 0.6f), *b1 = frand(F, -1, 1);
+    float *h = frand(nh, -9, 9), *g = frand(nh, -9, 9);
+    mm_ref r = {M, F, D, dcopy(x, nx), dcopy(w1, nw), dcopy(b1, F), NULL, dzeros(nh)};
+    mm_ref_fwd(&r);
+    double *gwant = dzeros(nh);
+    for (size_t i = 0; i < nh; i++) gwant[i] = gelu_ref(r.out[i]);
+    be->ops->matmul_gelu_fwd(be, g, h, x, w1, b1, M, F, D);
+    CHECK_CLOSE("matmul_gelu_fwd h", h, r.out, nh, 1e-5);
+    CHECK_CLOSE("matmul_gelu_fwd g", g, gwant, nh, 1e-5);
+
+    /* backward of the next layer through the GELU: dh [M, F] = gelu'(h) * (dout [M, D] @ w2),
+     * w2 [D, F], against central differences of the loss in h */
+    float *w2 = frand(nw, -1, 1), *dout = frand((size_t)M * D, -1, 1), *dh = frand(nh, -9, 9);
+    ffn_ref f = {M, D, F, dcopy(h, nh), dcopy(w2, nw), dcopy(dout, (size_t)M * D)};
+    double *dhwant = dzeros(nh);
+    fd_grad(ffn_loss, &f, f.h, nh, dhwant);
+    be->ops->matmul_dgelu_bwd(be, dh, dout, w2, h, M, D, F);
+    CHECK_CLOSE("matmul_dgelu_bwd dh", dh, dhwant, nh, 1e-4);
+
+    free(x), free(w1), free(b1), free(h), free(g), free(r.in), free(r.w), free(r.bias), free(r.out), free(gwant);
+    free(w2), free(dout), free(dh), free(f.h), free(f.w), free(f.dout), free(dhwant);
+}
+
+static void test_matmul_gelu(void) {
+    matmul_gelu_case(7, 6, 5);
+    matmul_gelu_case(19, 37, 11);
+}
+
 /* ---------------- LayerNorm ---------------- */
 
 typedef struct {
@@ -729,6 +781,7 @@ int main(void) {
     WAN_ASSERT(be);
     RUN(test_backend);
     RUN(test_matmul);
+    RUN(test_matmul_gelu);
     RUN(test_layernorm);
     RUN(test_rms_rope);
     RUN(test_expf);
