@@ -381,6 +381,109 @@ static void rejections(void) {
     fx_free(&f);
 }
 
+/* ---- the GELU epilogues: GELU_AUX(_BIAS) writes x (bias included) to the auxiliary matrix and
+ * gelu(x) to D; DGELU multiplies the product by gelu'(aux). GELU is the tanh approximation. ---- */
+
+static double gelu_d(double x) { return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))); }
+static double gelu_grad_d(double x, double h) { return (gelu_d(x + h) - gelu_d(x - h)) / (2 * h); }
+
+/* m x n output of A^T B (A stored k x m, "TN" as the forward GEMM), aux with ld m + pad */
+static void gelu_case(const char *name, cublasLtEpilogue_t epi, int64_t m, int64_t n, int64_t k, int64_t pad) {
+    fixture f;
+    fx_make(&f, CUDA_R_16BF, CUDA_R_16BF, m, n, k);
+    mat At = mat_new(CUDA_R_16BF, k, m, k, 0), aux = mat_new(CUDA_R_16BF, m, n, m + pad, 0);
+    cublasLtMatrixLayout_t lat;
+    cublasOperation_t T = CUBLAS_OP_T;
+    fill(&At);
+    bool bwd = epi == CUBLASLT_EPILOGUE_DGELU, bias = epi == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    if (bwd) fill(&aux);
+    unsigned char *aux0 = malloc(aux.bytes);
+    memcpy(aux0, aux.raw, aux.bytes);
+    int64_t ld = m + pad;
+    cublasLtMatrixLayoutCreate(&lat, CUDA_R_16BF, (uint64_t)k, (uint64_t)m, k);
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_TRANSA, &T, sizeof T);
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux.p, sizeof aux.p);
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld);
+    if (bias) cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &f.bias.p, sizeof f.bias.p);
+    float one = 1, zero = 0;
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, f.op, lat, f.lb, f.ld, f.ld, f.pref, 1, &f.res, &f.found);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmul(lt, f.op, &one, At.p, lat, f.B.p, f.lb, &zero, f.D.p, f.ld, f.D.p, f.ld, &f.res.algo, NULL, 0,
+                           NULL);
+    int64_t bad = 0, touched = 0;
+    double worst = 0;
+    for (int64_t j = 0; s == CUBLAS_STATUS_SUCCESS && j < n; j++)
+        for (int64_t i = 0; i < m; i++) {
+            double x = bias ? get(&f.bias, i, 0) : 0;
+            for (int64_t q = 0; q < k; q++) x += get(&At, q, i) * get(&f.B, q, j);
+            double want_d, got_aux = get(&aux, i, j);
+            if (bwd) {
+                want_d = x * gelu_grad_d(got_aux, 1e-6);
+            } else {
+                want_d = gelu_d(x);
+                double e = fabs(got_aux - x) / (0x1p-8 * fabs(x) * 1.001 + 1e-12);
+                if (e > 1) bad++;
+                if (e > worst) worst = e;
+            }
+            /* one bf16 rounding of a value computed from the fp32 x (x's own rounding: 2^-24) */
+            double e = fabs(get(&f.D, i, j) - want_d) / (0x1p-8 * fabs(want_d) * 1.001 + 1e-6 * (1 + fabs(x)));
+            if (e > 1) bad++;
+            if (e > worst) worst = e;
+        }
+    /* aux's padding rows (and bytes around it) untouched; DGELU does not write aux at all */
+    size_t es = 2;
+    for (size_t b = 0; b < aux.bytes; b++) {
+        bool inside = (b / es) % (size_t)ld < (size_t)m && b / es / (size_t)ld < (size_t)n;
+        if ((bwd || !inside) && aux.raw[b] != aux0[b]) touched++;
+    }
+    result(s == CUBLAS_STATUS_SUCCESS && !bad && !touched, name, "%s, %lld elements out of tolerance (worst ratio %g), %lld aux bytes written where they must not be",
+           cublasLtGetStatusString(s), (long long)bad, worst, (long long)touched);
+    cublasLtMatrixLayoutDestroy(lat);
+    free(aux0);
+    mat_free(&At), mat_free(&aux);
+    fx_free(&f);
+}
+
+static void gelu_rejections(void) {
+    fixture f;
+    fx_make(&f, CUDA_R_16BF, CUDA_R_16BF, 16, 16, 16);
+    mat aux = mat_new(CUDA_R_16BF, 16, 16, 16, 0);
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_GELU_AUX;
+    int64_t ld = 12;
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux.p, sizeof aux.p);
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld);
+    expect("GELU aux ld 12 (not a multiple of 8) rejected", fx_heur(&f), CUBLAS_STATUS_INVALID_VALUE);
+    ld = 8;
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld);
+    expect("GELU aux ld 8 < 16 rows rejected", fx_heur(&f), CUBLAS_STATUS_INVALID_VALUE);
+    ld = 16;
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld);
+    int32_t f32 = CUDA_R_32F;
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &f32, sizeof f32);
+    expect("fp32 GELU aux with bf16 D: no algorithm", fx_heur(&f), CUBLAS_STATUS_NOT_SUPPORTED);
+    int32_t deflt = -1;
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &deflt, sizeof deflt);
+    expect("GELU aux ld 16, D's type: an algorithm", fx_heur(&f), CUBLAS_STATUS_SUCCESS);
+    expect("GELU epilogue runs", fx_mm(&f, f.A.p, f.B.p, f.D.p, &f.res.algo), CUBLAS_STATUS_SUCCESS);
+    void *moved = (char *)aux.p + 2;
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &moved, sizeof moved);
+    expect("aux less aligned than at heuristic time rejected", fx_mm(&f, f.A.p, f.B.p, f.D.p, &f.res.algo),
+           CUBLAS_STATUS_INVALID_VALUE);
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &f.D.p, sizeof f.D.p);
+    expect("aux == D rejected", fx_mm(&f, f.A.p, f.B.p, f.D.p, &f.res.algo), CUBLAS_STATUS_INVALID_VALUE);
+    void *null = NULL;
+    cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &null, sizeof null);
+    expect("GELU epilogue without an aux pointer rejected", fx_mm(&f, f.A.p, f.B.p, f.D.p, NULL),
+           CUBLAS_STATUS_INVALID_VALUE);
+    epi = CUBLASLT_EPILOGUE_DGELU_BGRAD;
+    expect("DGELU_BGRAD not emulated", cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi),
+           CUBLAS_STATUS_NOT_SUPPORTED);
+    mat_free(&aux);
+    fx_free(&f);
+}
+
 /* Round to nearest even, on exact ties: sums of two or three exact inputs, k = 2 or 3. */
 static void ties(const char *name, cudaDataType_t t, const double *terms, int k, double want) {
     fixture f;
@@ -457,7 +560,11 @@ int main(void) {
     ties("fp16 tie 1 + 3*2^-11 -> 1 + 2^-9 (even)", CUDA_R_16F, (const double[]){1 + 0x1p-10, 0x1p-11}, 2, 1 + 0x1p-9);
     ties("fp16 overflow -> inf", CUDA_R_16F, (const double[]){32768, 32768}, 2, INFINITY);
 
+    gelu_case("GELU_AUX_BIAS TN: aux = x, D = gelu(x)", CUBLASLT_EPILOGUE_GELU_AUX_BIAS, 48, 20, 64, 0);
+    gelu_case("GELU_AUX TN, aux ld > rows: padding kept", CUBLASLT_EPILOGUE_GELU_AUX, 40, 13, 33, 8);
+    gelu_case("DGELU TN: D = x * gelu'(aux), aux not written", CUBLASLT_EPILOGUE_DGELU, 48, 20, 64, 8);
     rejections();
+    gelu_rejections();
     timing();
     cublasLtDestroy(lt);
     printf("%d passed, %d failed\n", passed, failed);
