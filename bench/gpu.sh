@@ -31,26 +31,30 @@ fi
 # ---- 2. MARKED PLACE: whole blocks, models and the PyTorch comparison --------------------------
 # Issue 6's benchmark, in this run on this GPU:
 #   a. build/bench/gpu_model --case 14b: a stack of Wan blocks at the 14B width (dim 5120, 40 heads,
-#      ffn 13824, text 512 x 4096) at sequence 37440 with recompute (keep-attention), as many layers as fit (probed:
-#      memory per layer from 1- and 2-layer runs); step time (forward + backward + AdamW), tokens/s,
-#      model TFLOP/s by the Wan formula restricted to the stack's layers; per-op time breakdown
-#   b. build/bench/gpu_model --case 1.3b: the 1.3B model (configs/wan2.1-1.3b.cfg, sequence 32760)
+#      ffn 13824, text 512 x 4096) at sequence 37440 without recompute (each layer keeps its ~10 GiB
+#      of activations, so nothing is computed twice: model FLOPs leave recompute's extra forward
+#      out, and it would cost the stack about 15%), as many layers as fit (probed: memory per layer
+#      from 1- and 2-layer runs); step time (forward + backward + AdamW), tokens/s, model TFLOP/s
+#      by the Wan formula restricted to the stack's layers; per-op time breakdown
+#   b. build/bench/gpu_model --case 1.3b: the 1.3B model (configs/wan2.1-1.3b.cfg, sequence 32760,
+#      its recompute: keep-attention, which its 30 layers need on an 80 GB GPU)
 #   c. bench/torch_block_gpu.py: the same model in PyTorch (bf16 autocast, SDPA, torch.compile,
 #      the same recompute, fused AdamW) at the same shapes and layer count, timed the same way
 # The merged table, with the date, the device and the versions filled in, is printed last and
 # written to build/bench-gpu/RESULTS-gpu-model.md for bench/RESULTS.md.
 # Environment: BENCH_CASES ("14b 1.3b"), BENCH_STEPS (5 timed steps), BENCH_WARMUP (2),
-# BENCH_RECOMPUTE (keep-attention, full or none; both implementations, every case),
+# BENCH_RECOMPUTE (keep-attention, full or none for every case, both implementations; by default
+# none for 14b and keep-attention for 1.3b),
 # BENCH_TORCH=0 skips PyTorch. One case with PyTorch takes a few minutes (torch.compile included).
 cases=${BENCH_CASES:-14b 1.3b}
 msteps=${BENCH_STEPS:-5}
 mwarm=${BENCH_WARMUP:-2}
-recompute=${BENCH_RECOMPUTE:-keep-attention}
 if [ ! -x build/bench/gpu_model ]; then
     echo "bench-gpu: build/bench/gpu_model is not built" >&2
     status=1
 else
     for case in $cases; do
+        recompute=${BENCH_RECOMPUTE:-$([ "$case" = 14b ] && echo none || echo keep-attention)}
         rm -f "$OUT/wan_$case.json" "$OUT/torch_$case.json"
         echo "== whole model, ours: gpu_model --case $case"
         build/bench/gpu_model --case "$case" --steps "$msteps" --warmup "$mwarm" --recompute "$recompute" --json "$OUT/wan_$case.json" \
