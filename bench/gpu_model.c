@@ -508,7 +508,7 @@ static run_result run_one(const bcase *c, int L, int nwarm, int nsteps, bool shi
     tc.steps = 1000;
     wan_model m;
     wan_optim o;
-    if (wan_model_create(&m, &mc, be, &dist, c->recompute, true)) {
+    if (wan_model_create(&m, &mc, be, &dist, c->recompute, -1, true)) {
         wan_error_print("gpu_model");
         return r;
     }

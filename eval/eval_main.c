@@ -133,7 +133,7 @@ static int cmd_forward(const opts_t *o) {
     wan_model m;
     memset(&m, 0, sizeof m);
     if (!rc) rc = wan_runtime_init(&rt, &cfg, 1);
-    if (!rc) rc = wan_model_create(&m, &cfg.model, rt.be, &rt.dist, WAN_RECOMPUTE_NONE, false);
+    if (!rc) rc = wan_model_create(&m, &cfg.model, rt.be, &rt.dist, WAN_RECOMPUTE_NONE, -1, false);
     if (!rc) rc = wan_state_load(&m, NULL, o->weights, NULL, NULL);
     wan_flow_preset fp;
     if (!rc && wan_flow_preset_get(o->objective ? o->objective : cfg.train.objective, &fp))
@@ -230,7 +230,7 @@ static int cmd_val(const opts_t *o) {
     wan_dataset *ds = NULL;
     int rc = wan_runtime_init(&rt, &cfg, o->nproc);
     if (!rc && o->data) rc = wan_dataset_open(o->data, &ds);
-    if (!rc) rc = wan_model_create(&m, &cfg.model, rt.be, &rt.dist, WAN_RECOMPUTE_NONE, false);
+    if (!rc) rc = wan_model_create(&m, &cfg.model, rt.be, &rt.dist, WAN_RECOMPUTE_NONE, -1, false);
     if (!rc) rc = wan_state_load(&m, NULL, o->weights, NULL, NULL);
     wan_val_opts vo;
     memset(&vo, 0, sizeof vo);

@@ -91,6 +91,13 @@ static const key_desc keys[] = {
     {"train.recompute_attention", K_BOOL, OFF(train.recompute_attention), 0, 0, 1, NULL, "false",
      "with recompute: recompute the self-attention core too (false keeps each block's attention output "
      "and log-sum-exp, the cheapest activations to keep for the most work saved)"},
+    {"train.recompute_layers", K_INT, OFF(train.recompute_layers), 0, -1, 4096, NULL, "-1",
+     "with recompute: how many blocks of each pipeline stage recompute, the first ones (-1 = all); the "
+     "others keep their activations: faster, more memory (wan-train --check plans it)"},
+    {"train.memory_budget_gib", K_FLOAT, OFF(train.memory_budget_gib), 0, 0, 1e6, NULL, "0",
+     "GiB per GPU for what the memory plan counts (state and activations; leave room for the CUDA "
+     "context, NCCL and workspaces); with recompute and recompute_layers = -1 each pipeline stage "
+     "recomputes as few blocks as fit in it; 0 = no budget"},
     {"train.device", K_STRING, STR(train.device), 0, 0, "cpu|cuda", "cpu", "backend"},
     {"train.threads", K_INT, OFF(train.threads), 0, 0, 4096, NULL, "0",
      "CPU threads per rank (0 = cores / local ranks)"},
@@ -560,6 +567,19 @@ int wan_config_validate(const wan_config *cfg, int world_size) {
                     org(cfg, "parallel.pp"), par->pp, par->vp, m->num_layers, par->pp * vp);
     if (par->vp > 1 && par->pp == 1)
         add_problem(&p, "%s: parallel.vp = %d: virtual pipeline stages need parallel.pp > 1", org(cfg, "parallel.vp"), par->vp);
+    if (t->recompute_layers >= 0 && !t->recompute)
+        add_problem(&p, "%s: train.recompute_layers = %d: needs train.recompute = true (it says how many blocks recompute)",
+                    org(cfg, "train.recompute_layers"), t->recompute_layers);
+    else if (par->pp > 0 && t->recompute_layers > m->num_layers / par->pp)
+        add_problem(&p, "%s: train.recompute_layers = %d: a pipeline stage holds model.num_layers / parallel.pp = %d / %d = %d "
+                    "blocks (-1 recomputes all of them)",
+                    org(cfg, "train.recompute_layers"), t->recompute_layers, m->num_layers, par->pp,
+                    m->num_layers / par->pp);
+    if (t->memory_budget_gib > 0 && t->recompute && t->recompute_layers < 0 &&
+        !(t->latent_shape[0] && t->latent_shape[1] && t->latent_shape[2]))
+        add_problem(&p, "%s: train.memory_budget_gib = %g chooses how many blocks recompute from the memory plan, which "
+                    "needs train.latent_shape (it is [0, 0, 0], taken from the data): set the shape, or train.recompute_layers",
+                    org(cfg, "train.memory_budget_gib"), t->memory_budget_gib);
     if (t->gbs % t->mbs)
         add_problem(&p, "%s: train.gbs = %d: not divisible by train.mbs = %d", org(cfg, "train.gbs"), t->gbs, t->mbs);
 

@@ -43,6 +43,9 @@ typedef struct {
     int64_t seed;
     bool recompute;      /* recompute each block's activations in the backward */
     bool recompute_attention; /* with recompute: the self-attention core too (false keeps its output) */
+    int recompute_layers; /* with recompute: blocks per pipeline stage that recompute, the first ones;
+                           * -1 = all of them, or as few as memory_budget_gib allows */
+    double memory_budget_gib; /* per GPU, for what the memory plan counts; 0 = none */
     char device[8];      /* cpu | cuda */
     int threads;         /* CPU threads per rank; 0 = cores / local ranks */
     char run_dir[WAN_PATH_MAX];

@@ -8,7 +8,9 @@
 #include "error.h"
 #include "model_internal.h"
 
-int wan_memory_plan(const wan_config *cfg, int world, bool cuda, int stage, wan_memory_plan_t *out) {
+/* The plan with `recompute_layers` blocks of the stage recomputing (-1: all). */
+static int plan_with(const wan_config *cfg, int world, bool cuda, int stage, int recompute_layers,
+                     wan_memory_plan_t *out) {
     const wan_parallel_cfg *par = &cfg->parallel;
     const wan_train_cfg *t = &cfg->train;
     memset(out, 0, sizeof *out);
@@ -26,12 +28,14 @@ int wan_memory_plan(const wan_config *cfg, int world, bool cuda, int stage, wan_
     d.dpcp_g.size = d.dp * d.cp;
     wan_backend be = {.name = cuda ? "cuda" : "cpu", .act = cuda ? WAN_BF16 : WAN_F32, .param = cuda ? WAN_BF16 : WAN_F32};
     wan_model m;
-    WAN_TRY(wan_model_describe(&m, &cfg->model, &be, &d, wan_recompute_of(t), true));
+    WAN_TRY(wan_model_describe(&m, &cfg->model, &be, &d, wan_recompute_of(t), recompute_layers, true));
     int rc = wan_shape_compute(&m, t->mbs, cfg->model.in_dim, t->latent_shape[0], t->latent_shape[1], t->latent_shape[2],
                                &m.sh);
     if (!rc) {
         size_t np = (size_t)m.ps.total;
         out->stage = stage;
+        out->blocks = m.l1 - m.l0;
+        for (int l = m.l0; l < m.l1; l++) out->recomputing += wan_block_recomputes(&m, l);
         out->params = (int64_t)np;
         out->weights = wan_align256(np * wan_dtype_size(be.param));
         out->grads = wan_align256(np * sizeof(float));
@@ -45,4 +49,27 @@ int wan_memory_plan(const wan_config *cfg, int world, bool cuda, int stage, wan_
     }
     wan_model_destroy(&m);
     return rc;
+}
+
+int wan_memory_plan_recompute_layers(const wan_config *cfg, int world, bool cuda, int stage, int *layers) {
+    const wan_train_cfg *t = &cfg->train;
+    *layers = t->recompute_layers;
+    if (!t->recompute || t->recompute_layers >= 0 || t->memory_budget_gib <= 0) return 0;
+    /* the fewest that fit, counted up: the first recomputing block costs its input and the shared set
+     * (about one block's activations), so the plan is not monotone at the start */
+    size_t budget = (size_t)(t->memory_budget_gib * 1073741824.0);
+    int n = cfg->model.num_layers / (cfg->parallel.pp > 0 ? cfg->parallel.pp : 1), lo = 0;
+    wan_memory_plan_t p;
+    for (; lo < n; lo++) {
+        WAN_TRY(plan_with(cfg, world, cuda, stage, lo, &p));
+        if (p.total <= budget) break;
+    }
+    *layers = lo; /* n: all of them, fitting or not (--check warns) */
+    return 0;
+}
+
+int wan_memory_plan(const wan_config *cfg, int world, bool cuda, int stage, wan_memory_plan_t *out) {
+    int layers;
+    WAN_TRY(wan_memory_plan_recompute_layers(cfg, world, cuda, stage, &layers));
+    return plan_with(cfg, world, cuda, stage, layers, out);
 }

@@ -34,12 +34,13 @@ void *wan_model_state_take(wan_model *m, size_t bytes) {
 }
 
 int wan_model_describe(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
-                       bool with_optimizer) {
+                       int recompute_layers, bool with_optimizer) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->be = be;
     m->dist = dist;
     m->recompute = recompute;
+    m->recompute_layers = recompute_layers;
     WAN_TRY(wan_params_build(cfg, dist->tp, dist->tp_rank, dist->pp, dist->pp_rank, dist->dp * dist->cp, &m->ps));
     int per_stage = cfg->num_layers / dist->pp; /* wan_params_build checked that it divides */
     m->l0 = dist->pp_rank * per_stage;
@@ -117,8 +118,8 @@ int wan_model_describe(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, 
 }
 
 int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
-                     bool with_optimizer) {
-    WAN_TRY(wan_model_describe(m, cfg, be, dist, recompute, with_optimizer));
+                     int recompute_layers, bool with_optimizer) {
+    WAN_TRY(wan_model_describe(m, cfg, be, dist, recompute, recompute_layers, with_optimizer));
     size_t np = (size_t)m->ps.total, wb = np * wan_dtype_size(be->param), gb = np * sizeof(float);
     m->state = be->alloc(be, m->state_bytes); /* zeroed */
     if (!m->state)
@@ -312,13 +313,13 @@ static void layout(wan_model *m, bump *b, bump *sh) {
     a->rope_cos = take(b, (size_t)s->S_pad * half * fs);
     a->rope_sin = take(b, (size_t)s->S_pad * half * fs);
 
-    /* this pipeline stage's blocks only */
-    int nsets = m->recompute != WAN_RECOMPUTE_NONE ? 1 : m->l1 - m->l0;
+    /* this pipeline stage's blocks only; the recomputing ones are its first */
     bool keep_att = m->recompute == WAN_RECOMPUTE_KEEP_ATTENTION;
     for (int l = m->l0; l < m->l1; l++) {
         wan_block_acts *k = &a->blocks[l];
+        bool rec = wan_block_recomputes(m, l);
         k->x_in = take(b, T * D * fs);
-        if (l - m->l0 >= nsets) {
+        if (rec && l > m->l0) {
             /* recompute: the rest is shared with the first block's set, but for what each block keeps */
             wan_block_acts *z = &a->blocks[m->l0];
             wan_block_acts own = *k;
@@ -330,9 +331,9 @@ static void layout(wan_model *m, bump *b, bump *sh) {
             }
             continue;
         }
-        /* with recompute the one set every block uses is rebuilt in the backward: shared */
+        /* with recompute the one set the recomputing blocks use is rebuilt in the backward: shared */
         bump *own_b = b;
-        if (m->recompute != WAN_RECOMPUTE_NONE) b = sh;
+        if (rec) b = sh;
         k->x1 = take(b, T * D * fs);
         k->x2 = take(b, T * D * fs);
         k->mod = take(b, B * 6 * D * fs);
@@ -364,7 +365,7 @@ static void layout(wan_model *m, bump *b, bump *sh) {
         k->h = take(b, Tf * Fl * as);
         k->g = take(b, Tf * Fl * as);
         k->ff_y = take(b, T * D * fs);
-        if (keep_att) { /* the attention output the recomputing backward keeps */
+        if (rec && keep_att) { /* the attention output the recomputing backward keeps */
             k->att = take(own_b, Tf * Dl * as);
             k->lse = take(own_b, lse * fs);
         }
@@ -686,7 +687,7 @@ int wan_model_backward(wan_model *m) {
     /* blocks, last first; with recompute each block's activations are rebuilt from its input */
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         wan_block_acts *k = &a->blocks[l];
-        if (m->recompute != WAN_RECOMPUTE_NONE) {
+        if (wan_block_recomputes(m, l)) {
             be->copy(be, a->x, k->x_in, (size_t)s->T * D * sizeof(float));
             m->recomputing = true;
             int rc = wan_block_forward(m, l, k);

@@ -93,6 +93,7 @@ typedef struct wan_model {
     int D, Dl, Fl, Hl, hd, L, Ct, P_in, P_out;
     float attn_scale; /* 1 / sqrt(head_dim) */
     wan_recompute recompute;
+    int recompute_layers; /* with recompute: the stage's first this many blocks recompute; -1 = all */
     bool recomputing; /* inside the backward's rebuild of a block (skips a kept attention core) */
     /* pipeline stage: blocks [l0, l1); the first stage embeds, the last has the head and loss */
     int l0, l1;
@@ -125,6 +126,12 @@ typedef struct wan_model {
     void *params_ctx;
 } wan_model;
 
+/* Whether block l of this stage rebuilds its activations in the backward (instead of keeping
+ * them from the forward). */
+static inline bool wan_block_recomputes(const wan_model *m, int l) {
+    return m->recompute != WAN_RECOMPUTE_NONE && (m->recompute_layers < 0 || l - m->l0 < m->recompute_layers);
+}
+
 #define WAN_PARAMS_BEFORE_BLOCKS (-1)
 #define WAN_PARAMS_ALL (-2)
 
@@ -149,10 +156,12 @@ typedef struct {
 /* What wan_model_create does but the allocation: the parameter set, offsets and state_bytes
  * (be supplies only the dtypes; nothing is allocated; free with wan_model_destroy). */
 int wan_model_describe(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
-                       bool with_optimizer);
-/* with_optimizer: reserve room in the state allocation for wan_optim_create (training). */
+                       int recompute_layers, bool with_optimizer);
+/* recompute_layers: with recompute, how many of the stage's blocks (its first) recompute; the
+ * others keep their activations; -1 = all. with_optimizer: reserve room in the state allocation
+ * for wan_optim_create (training). */
 int wan_model_create(wan_model *m, const wan_model_cfg *cfg, wan_backend *be, wan_dist *dist, wan_recompute recompute,
-                     bool with_optimizer);
+                     int recompute_layers, bool with_optimizer);
 void wan_model_destroy(wan_model *m);
 /* The next `bytes` (zeroed; at a multiple of 256 bytes from the start of the allocation, which
  * has the backend's alignment) of the state allocation; NULL when the room reserved at creation

@@ -18,6 +18,7 @@
 #include "flow.h"
 #include "fsutil.h"
 #include "log.h"
+#include "memory_plan.h"
 #include "model.h"
 #include "optim.h"
 #include "runtime.h"
@@ -86,7 +87,19 @@ static int setup(job *j, const wan_train_opts *opts) {
         wan_config_advise(cfg);
     }
 
-    WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, wan_recompute_of(&cfg->train), true));
+    /* how many of this stage's blocks recompute: configured, or what the memory budget allows */
+    const wan_dist *d = &j->rt.dist;
+    int recompute_layers;
+    WAN_TRY(wan_memory_plan_recompute_layers(cfg, d->world, !strcmp(j->rt.be->name, "cuda"), d->pp_rank,
+                                             &recompute_layers));
+    WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, wan_recompute_of(&cfg->train),
+                             recompute_layers, true));
+    if (cfg->train.recompute && d->tp_rank == 0 && d->cp_rank == 0 && d->dp_rank == 0) {
+        int n = j->model.l1 - j->model.l0, r = recompute_layers < 0 || recompute_layers > n ? n : recompute_layers;
+        wan_info("pipeline stage %d: %d of its %d blocks recompute their activations in the backward, %d keep them%s",
+                 d->pp_rank, r, n, n - r,
+                 cfg->train.recompute_layers < 0 && cfg->train.memory_budget_gib > 0 ? " (train.memory_budget_gib)" : "");
+    }
     float *init = malloc((size_t)j->model.ps.total * sizeof(float));
     if (!init) return wan_fail(WAN_ERR_RUNTIME, "out of host memory for the initial weights");
     wan_params_init_host(&j->model.ps, (uint64_t)cfg->train.seed, init);

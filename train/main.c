@@ -33,6 +33,17 @@ static int print_memory_plan(const wan_config *cfg, int world) {
                  s, cuda ? "cuda" : "cpu", p.state / MiB, p.weights / MiB, p.grads / MiB, p.optimizer / MiB,
                  (long long)p.params, p.activations / MiB, p.in_flight, p.in_flight > 1 ? "es" : "",
                  p.per_microbatch / MiB, p.shared / MiB, p.inbox / MiB, p.total / (1024.0 * MiB), p.total);
+        const wan_train_cfg *t = &cfg->train;
+        if (t->recompute)
+            wan_info("stage %d: %d of its %d blocks recompute their activations in the backward, %d keep them%s", s,
+                     p.recomputing, p.blocks, p.blocks - p.recomputing,
+                     t->recompute_layers < 0 && t->memory_budget_gib > 0 ? " (the fewest that fit train.memory_budget_gib)"
+                                                                          : "");
+        if (t->memory_budget_gib > 0 && p.total > t->memory_budget_gib * 1024.0 * MiB)
+            wan_warn("stage %d: the plan's %.2f GiB exceed train.memory_budget_gib = %g%s", s, p.total / (1024.0 * MiB),
+                     t->memory_budget_gib,
+                     t->recompute ? (p.recomputing == p.blocks ? " with every block recomputing" : "")
+                                  : "; train.recompute = true keeps only each block's input");
     }
     if (cuda)
         wan_info("not counted above: cuBLASLt's 32 MiB workspace, cuDNN's attention workspaces and the backend's "

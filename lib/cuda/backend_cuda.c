@@ -107,7 +107,8 @@ void *wan_cuda_pool_alloc(wan_backend *be, size_t bytes, bool zero) {
         (void)cudaMemGetInfo(&free_b, &total_b);
         wan_cuda_dief(__FILE__, __LINE__,
                       "out of GPU memory on device %d (%s): asked for %.1f MiB with %.1f MiB allocated (peak %.1f "
-                      "MiB), %.2f of %.2f GiB free on the device: %s",
+                      "MiB), %.2f of %.2f GiB free on the device: %s (wan-train --check plans a run's memory; "
+                      "a lower train.memory_budget_gib or a higher train.recompute_layers makes more blocks recompute)",
                       c->device, be->device_name, n / 1048576.0, be->mem_now / 1048576.0, be->mem_peak / 1048576.0,
                       free_b / 1073741824.0, total_b / 1073741824.0, cudaGetErrorString(e));
     }

@@ -13,10 +13,23 @@ for f in "$ROOT"/configs/*.cfg; do
 done
 
 # --check plans each pipeline stage's memory per GPU (the 14B H100 preset: state 43.1 GiB of
-# bf16 weights, fp32 gradients and the ZeRO slice of fp32 masters and moments over dp x cp = 32)
+# bf16 weights, fp32 gradients and the ZeRO slice of fp32 masters and moments over dp x cp = 32;
+# activations: with every block recomputing 8782.6 MiB, 1261 MiB more for each block that keeps
+# its own, as many as its 66 GiB budget holds: 11)
 "$BIN/wan-train" --config "$ROOT/configs/wan2.1-14b-h100.cfg" --check >"$T_TMP/plan" 2>&1
-t_check "14B H100 preset: --check plans 44149.0 MiB of training state and 8782.6 MiB of activations per GPU" \
-    grep -q 'memory of a stage 0 rank (cuda): training state 44149.0 MiB .*activations 8782.6 MiB' "$T_TMP/plan"
+t_check "14B H100 preset: --check plans 44149.0 MiB of training state and 22651.5 MiB of activations per GPU" \
+    grep -q 'memory of a stage 0 rank (cuda): training state 44149.0 MiB .*activations 22651.5 MiB' "$T_TMP/plan"
+t_check "14B H100 preset: 29 of 40 blocks recompute, 11 keep their activations (train.memory_budget_gib = 66)" \
+    grep -q 'stage 0: 29 of its 40 blocks recompute their activations in the backward, 11 keep them' "$T_TMP/plan"
+"$BIN/wan-train" --config "$ROOT/configs/wan2.1-14b-h100.cfg" --set train.memory_budget_gib=0 --check >"$T_TMP/plan0" 2>&1
+t_check "without the budget every block recomputes: 8782.6 MiB of activations" \
+    grep -q 'stage 0 rank (cuda): training state 44149.0 MiB .*activations 8782.6 MiB' "$T_TMP/plan0"
+"$BIN/wan-train" --config "$ROOT/configs/wan2.1-14b-h100.cfg" --set train.recompute_layers=28 --check >"$T_TMP/plan28" 2>&1
+t_check_all "train.recompute_layers = 28 (explicit, over the budget): 12 blocks keep theirs, 1261 MiB more, and a warning" \
+    'grep -q "activations 23912.3 MiB" "$T_TMP/plan28" && grep -q "warn: stage 0: the plan.s 66.47 GiB exceed train.memory_budget_gib = 66" "$T_TMP/plan28"'
+"$BIN/wan-train" --check --set train.memory_budget_gib=1e-3 >"$T_TMP/tinyb" 2>&1
+t_check "a budget the plan exceeds without recompute: the warning says what would save memory" \
+    grep -q 'warn: stage 0: the plan.s .* exceed train.memory_budget_gib = 0.001; train.recompute = true keeps' "$T_TMP/tinyb"
 "$BIN/wan-train" --check --set parallel.pp=2 --world 2 >"$T_TMP/plan" 2>&1
 t_check "--check plans every pipeline stage (pp=2: two lines)" test "$(grep -c 'memory of a stage [01] rank' "$T_TMP/plan")" = 2
 "$BIN/wan-train" --check --set 'train.latent_shape=[0, 0, 0]' --set 'data.path="/data/latents"' >"$T_TMP/plan" 2>&1

@@ -63,12 +63,28 @@ layout_vs base-h4 tp4-sp 4 "${H4[@]}" --set parallel.tp=4 --set parallel.sp=true
 train base-l4-gbs2 1 "${L4[@]}" --set train.gbs=2 || t_fail "single process with 4 layers, gbs 2"
 layout_vs base-l4-gbs2 pp4-gbs2 4 "${L4[@]}" --set train.gbs=2 --set parallel.pp=4
 # every op is deterministic: recomputed activations are the kept ones, so the state is identical
-for mode in keep:false full:true; do
-    train "recompute-${mode%%:*}" 1 --set train.recompute=true --set train.recompute_attention="${mode#*:}" ||
-        t_fail "single process with recompute (${mode%%:*}) failed"
-    t_check "single process, recompute ${mode%%:*}: checkpoint bit-identical to no recompute" \
-        cmp -s "$T_TMP/base/checkpoints/latest/rank00000.bin" "$T_TMP/recompute-${mode%%:*}/checkpoints/latest/rank00000.bin"
+# (partial: the first of the two blocks recomputes, the second keeps its activations)
+for mode in keep:false:-1 full:true:-1 partial:false:1; do
+    IFS=: read -r what att layers <<<"$mode"
+    train "recompute-$what" 1 --set train.recompute=true --set train.recompute_attention="$att" \
+        --set train.recompute_layers="$layers" || t_fail "single process with recompute ($what) failed"
+    t_check "single process, recompute $what: checkpoint bit-identical to no recompute" \
+        cmp -s "$T_TMP/base/checkpoints/latest/rank00000.bin" "$T_TMP/recompute-$what/checkpoints/latest/rank00000.bin"
 done
+t_check "single process, recompute partial: the log says 1 of 2 blocks recompute" \
+    grep -q 'pipeline stage 0: 1 of its 2 blocks recompute their activations in the backward, 1 keep them' \
+    "$T_TMP/recompute-partial.log"
+# train.memory_budget_gib: each stage recomputes the fewest blocks whose plan fits. With the budget
+# at stage 0's plan for one recomputing block (it holds two micro-batches in flight, so keeping
+# both blocks costs more), stage 0 recomputes 1 of its 2 and stage 1 (one in flight) none
+"$BIN/wan-train" "${COMMON[@]}" "${L4[@]}" --set parallel.pp=2 --set train.recompute=true --set train.recompute_layers=1 \
+    --check --world 2 >"$T_TMP/budget.plan" 2>&1
+bytes=$(sed -n 's/.*memory of a stage 0 rank.*(\([0-9]*\) bytes).*/\1/p' "$T_TMP/budget.plan")
+BUDGET=(--set train.recompute=true --set train.memory_budget_gib="$(awk -v b="${bytes:-0}" 'BEGIN {printf "%.12f", b / 2^30}')")
+layout_vs base-l4 pp2-l4-budget 2 "${L4[@]}" --set parallel.pp=2 "${BUDGET[@]}"
+t_check_all "pp2 with a memory budget: stage 0 recomputes 1 of its 2 blocks, stage 1 none" \
+    'grep -q "pipeline stage 0: 1 of its 2 blocks recompute" "$T_TMP/pp2-l4-budget.log" &&
+     grep -q "pipeline stage 1: 0 of its 2 blocks recompute" "$T_TMP/pp2-l4-budget.log"'
 
 # a sequence that does not split evenly (27 tokens over cp 2, or cp 2 x tp 2 with sp) is
 # padded and the padding masked: same losses and state as the single process
@@ -114,6 +130,7 @@ plan_matches cp2-recompute-full 2 --set parallel.cp=2 --set train.recompute=true
 plan_matches pp2-dp2 4 --set parallel.pp=2
 plan_matches pp4 4 "${L4[@]}" --set parallel.pp=4
 plan_matches pp4-gbs2 4 "${L4[@]}" --set train.gbs=2 --set parallel.pp=4
+plan_matches pp2-l4-budget 2 "${L4[@]}" --set parallel.pp=2 "${BUDGET[@]}"
 
 # every rank sent exactly the bytes the parallel design predicts (bench/comm_volume.py)
 if /usr/bin/python3 "$ROOT/bench/comm_volume.py" --check "$T_TMP"/{dp2,tp2,tp2-sp,cp2,cp2-tp2,dp2-cp2,dp3-uneven,cp2-tp2-recompute,cp2-recompute-full,cp2-padded,cp2-tp2-sp-padded,pp2,pp2-dp2,pp2-tp2-sp,pp2-cp2-recompute,pp4,pp2-l4-recompute-full,pp4-gbs2,tp4-sp} >"$T_TMP/volume" 2>&1; then

@@ -607,8 +607,8 @@ static int run_case(const mcase *c, wan_dist *dist, const wan_train_cfg *tc) {
            c->recompute == WAN_RECOMPUTE_FULL ? ", full recompute" : c->recompute ? ", recompute (attention kept)" : "");
     fflush(stdout);
     wan_model mc, mg;
-    if (wan_model_create(&mc, &c->mc, cpu, dist, c->recompute, true) ||
-        wan_model_create(&mg, &c->mc, gpu, dist, c->recompute, true)) {
+    if (wan_model_create(&mc, &c->mc, cpu, dist, c->recompute, -1, true) ||
+        wan_model_create(&mg, &c->mc, gpu, dist, c->recompute, -1, true)) {
         wan_error_print("gpu_model_check");
         return 1;
     }

@@ -54,7 +54,7 @@ static bool fixture_init(fixture *f, int shards, int rank) {
 
 /* A model of the fixture; false (and the check failed) when it cannot be made. */
 static bool model_init(fixture *f, wan_model *m, wan_recompute mode, bool with_optimizer) {
-    int rc = wan_model_create(m, &f->cfg.model, f->be, &f->d, mode, with_optimizer);
+    int rc = wan_model_create(m, &f->cfg.model, f->be, &f->d, mode, -1, with_optimizer);
     CHECKF(rc == 0, "%s", wan_errmsg());
     return rc == 0;
 }
