@@ -692,6 +692,7 @@ int wan_model_backward(wan_model *m) {
             m->recomputing = true;
             int rc = wan_block_forward(m, l, k);
             m->recomputing = false;
+            m->blocks_recomputed++;
             WAN_TRY(rc);
         }
         WAN_TRY(wan_block_backward(m, l, k));

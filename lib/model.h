@@ -95,6 +95,7 @@ typedef struct wan_model {
     wan_recompute recompute;
     int recompute_layers; /* with recompute: the stage's first this many blocks recompute; -1 = all */
     bool recomputing; /* inside the backward's rebuild of a block (skips a kept attention core) */
+    int64_t blocks_recomputed; /* block forwards the backwards have rebuilt, since creation */
     /* pipeline stage: blocks [l0, l1); the first stage embeds, the last has the head and loss */
     int l0, l1;
     bool first, last;

@@ -352,10 +352,12 @@ static int run(job *j, const wan_train_opts *opts) {
         const wan_dist *dd = &j->rt.dist;
         if (step == start_step + 1 && dd->tp_rank == 0 && dd->cp_rank == 0 && dd->dp_rank == 0)
             wan_info("%s memory on rank %d (pipeline stage %d): training state %.1f MiB (weights, gradients, optimizer), "
-                     "activations %.1f MiB (%d micro-batch%s in flight), peak %.1f MiB (%zu bytes)", j->rt.be->name,
+                     "activations %.1f MiB (%d micro-batch%s in flight), peak %.1f MiB (%zu bytes); the step's backwards "
+                     "recomputed %lld block forwards", j->rt.be->name,
                      dd->rank, dd->pp_rank, j->model.state_bytes / 1048576.0,
                      wan_model_activation_bytes(&j->model) / 1048576.0, j->model.nslots > 1 ? j->model.nslots : 1,
-                     j->model.nslots > 1 ? "es" : "", j->rt.be->mem_peak / 1048576.0, j->rt.be->mem_peak);
+                     j->model.nslots > 1 ? "es" : "", j->rt.be->mem_peak / 1048576.0, j->rt.be->mem_peak,
+                     (long long)j->model.blocks_recomputed);
         comm_bytes(j, cb1);
         bool save = stopped || step == cfg->train.steps ||
                     (cfg->train.ckpt_interval > 0 && step % cfg->train.ckpt_interval == 0);

@@ -74,6 +74,11 @@ done
 t_check "single process, recompute partial: the log says 1 of 2 blocks recompute" \
     grep -q 'pipeline stage 0: 1 of its 2 blocks recompute their activations in the backward, 1 keep them' \
     "$T_TMP/recompute-partial.log"
+# and did: the first step's 6 micro-batches rebuilt 6 block forwards (12 with both blocks, 0 without)
+for run in base:0 recompute-keep:12 recompute-partial:6; do
+    t_check "${run%%:*}: the first step's backwards recomputed ${run#*:} block forwards" \
+        grep -q "the step's backwards recomputed ${run#*:} block forwards" "$T_TMP/${run%%:*}.log"
+done
 # train.memory_budget_gib: each stage recomputes the fewest blocks whose plan fits. With the budget
 # at stage 0's plan for one recomputing block (it holds two micro-batches in flight, so keeping
 # both blocks costs more), stage 0 recomputes 1 of its 2 and stage 1 (one in flight) none
