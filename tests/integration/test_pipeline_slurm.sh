@@ -100,6 +100,8 @@ t_check "every stage COMPLETED" test $all_done = 1
 t_check "each stage started after the one before it ended" test $in_order = 1
 t_check "the preprocess array ran 2 tasks" test "$(find "$P/logs" -name 'preprocess-*_*.log' | wc -l)" = 2
 t_check "dataset merged from 2 parts" grep -q "merged 2 parts: 32 samples" "$P"/logs/merge-*.log
+t_check "the train job's log shows the memory plan per GPU before training" \
+    grep -q "^    info: memory of a stage 0 rank (cpu): training state" "$P"/logs/train-[0-9]*.log
 t_check "train: 2 ranks from PMI2 over the dataset, 30 steps" \
     test "$(steps_done "$DEMO/run-dp2")" = 30 -a "$(grep -c '"gpus":2,' "$DEMO/run-dp2/steps.jsonl")" = 30
 t_check "reshard wrote step 30 at tp 2" grep -q '"tp": *2' "$DEMO/run-tp2/checkpoints/step_00000030/meta.json"
