@@ -34,11 +34,21 @@ static int print_memory_plan(const wan_config *cfg, int world) {
                  (long long)p.params, p.activations / MiB, p.in_flight, p.in_flight > 1 ? "es" : "",
                  p.per_microbatch / MiB, p.shared / MiB, p.inbox / MiB, p.total / (1024.0 * MiB), p.total);
         const wan_train_cfg *t = &cfg->train;
-        if (t->recompute)
+        if (t->recompute) {
             wan_info("stage %d: %d of its %d blocks recompute their activations in the backward, %d keep them%s", s,
                      p.recomputing, p.blocks, p.blocks - p.recomputing,
                      t->recompute_layers < 0 && t->memory_budget_gib > 0 ? " (the fewest that fit train.memory_budget_gib)"
                                                                           : "");
+            if (p.recomputing > 0 && t->recompute_layers < 0 && t->memory_budget_gib <= 0) {
+                /* what the trade costs, for choosing a budget */
+                wan_config keep = *cfg;
+                keep.train.recompute_layers = 0;
+                wan_memory_plan_t k;
+                if (!wan_memory_plan(&keep, world, cuda, s, &k))
+                    wan_info("stage %d: with every block keeping its activations the plan would be %.2f GiB; "
+                             "train.memory_budget_gib lets as many keep them as fit", s, k.total / (1024.0 * MiB));
+            }
+        }
         if (t->memory_budget_gib > 0 && p.total > t->memory_budget_gib * 1024.0 * MiB)
             wan_warn("stage %d: the plan's %.2f GiB exceed train.memory_budget_gib = %g%s", s, p.total / (1024.0 * MiB),
                      t->memory_budget_gib,

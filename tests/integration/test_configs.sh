@@ -22,8 +22,9 @@ t_check "14B H100 preset: --check plans 44149.0 MiB of training state and 22651.
 t_check "14B H100 preset: 29 of 40 blocks recompute, 11 keep their activations (train.memory_budget_gib = 66)" \
     grep -q 'stage 0: 29 of its 40 blocks recompute their activations in the backward, 11 keep them' "$T_TMP/plan"
 "$BIN/wan-train" --config "$ROOT/configs/wan2.1-14b-h100.cfg" --set train.memory_budget_gib=0 --check >"$T_TMP/plan0" 2>&1
-t_check "without the budget every block recomputes: 8782.6 MiB of activations" \
-    grep -q 'stage 0 rank (cuda): training state 44149.0 MiB .*activations 8782.6 MiB' "$T_TMP/plan0"
+t_check_all "without the budget every block recomputes: 8782.6 MiB of activations; keeping all would plan 99.66 GiB" \
+    'grep -q "stage 0 rank (cuda): training state 44149.0 MiB .*activations 8782.6 MiB" "$T_TMP/plan0" &&
+     grep -q "stage 0: with every block keeping its activations the plan would be 99.66 GiB" "$T_TMP/plan0"'
 "$BIN/wan-train" --config "$ROOT/configs/wan2.1-14b-h100.cfg" --set train.recompute_layers=28 --check >"$T_TMP/plan28" 2>&1
 t_check_all "train.recompute_layers = 28 (explicit, over the budget): 12 blocks keep theirs, 1261 MiB more, and a warning" \
     'grep -q "activations 23912.3 MiB" "$T_TMP/plan28" && grep -q "warn: stage 0: the plan.s 66.47 GiB exceed train.memory_budget_gib = 66" "$T_TMP/plan28"'
