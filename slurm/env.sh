@@ -64,6 +64,9 @@ export CUDA_MODULE_LOADING=${CUDA_MODULE_LOADING:-EAGER}
 # reduction and the weight gather then no longer overlap the backward and the forward's tp/cp
 # transfers; a fallback should a cluster hang with two).
 : "${WAN_NCCL_ONE_STREAM:=}"
+# WAN_GEMM_GELU_EPILOGUE=0 runs the FFN's GELU as a kernel after its GEMM instead of in cuBLASLt's
+# epilogue (bench/gpu_ops prints which is faster on a GPU: "GELU epilogues: forward ...").
+: "${WAN_GEMM_GELU_EPILOGUE:=}"
 
 # Modules or containers the jobs need, e.g.:
 #   module load cuda/13.0 nccl

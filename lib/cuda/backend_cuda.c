@@ -292,6 +292,10 @@ int wan_backend_cuda(int device, wan_backend **out) {
                         device, prop.name, prop.major, prop.minor);
     const char *dbg = getenv("WAN_CUDA_DEBUG_SYNC");
     wan_cuda_debug_sync = dbg && atoi(dbg) != 0;
+    /* WAN_GEMM_GELU_EPILOGUE=0: the FFN's GELU as a kernel after the GEMM (bench/gpu_ops times both) */
+    const char *gelu_epi = getenv("WAN_GEMM_GELU_EPILOGUE");
+    if (gelu_epi && *gelu_epi && strcmp(gelu_epi, "0") && strcmp(gelu_epi, "1"))
+        return wan_fail(WAN_ERR_USAGE, "WAN_GEMM_GELU_EPILOGUE=%s: expected 0 or 1", gelu_epi);
 
     int rc = 0;
     wan_backend *be = calloc(1, sizeof *be);
@@ -301,6 +305,7 @@ int wan_backend_cuda(int device, wan_backend **out) {
         return wan_fail(WAN_ERR_RUNTIME, "out of host memory");
     }
     be->impl = c;
+    c->gelu_epilogue = !(gelu_epi && !strcmp(gelu_epi, "0"));
     be->name = "cuda";
     be->act = WAN_BF16;
     be->param = WAN_BF16;

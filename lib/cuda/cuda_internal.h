@@ -86,6 +86,7 @@ typedef struct wan_cuda {
     void *lt_ws;              /* cuBLASLt workspace */
     size_t lt_ws_bytes;
     struct wan_mm_cache *mm;  /* matmul plans per shape */
+    bool gelu_epilogue;       /* the FFN's GELU in cuBLASLt's epilogues (WAN_GEMM_GELU_EPILOGUE=0: a kernel) */
     struct wan_sdpa *sdpa;    /* cuDNN attention plans per shape */
     void *scratch[WAN_SCR_COUNT];
     size_t scratch_bytes[WAN_SCR_COUNT];

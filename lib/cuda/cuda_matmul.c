@@ -183,7 +183,7 @@ static void plan_build(wan_cuda *c, mm_plan *p, const mm_key *k, const void *bia
     WAN_CUBLAS(cublasLtMatrixLayoutCreate(&p->lb, (cudaDataType_t)k->tb, (uint64_t)(nb ? k->k : k->n),
                                           (uint64_t)(nb ? k->n : k->k), k->ldb));
     WAN_CUBLAS(cublasLtMatrixLayoutCreate(&p->ld, (cudaDataType_t)k->td, (uint64_t)k->m, (uint64_t)k->n, k->ldd));
-    if (k->gelu != GELU_NONE && try_gelu_epilogue(c, p, bias, aux)) return;
+    if (k->gelu != GELU_NONE && c->gelu_epilogue && try_gelu_epilogue(c, p, bias, aux)) return;
     if (k->tbias >= 0) {
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         int32_t bt = k->tbias;

@@ -87,6 +87,20 @@ rc=$? ok=0
 t_check "GEMM fallback kernel for every matmul check: $(tail -n1 "$T/fallback.log")" [ $ok = 1 ]
 [ $rc = 0 ] || grep -v ' ok$' "$T/fallback.log" | tail -n 20
 
+# the FFN's GELU: in cuBLASLt's epilogues where an algorithm has them (the odd shape's leading
+# dimensions are no multiples of 8: a kernel after the GEMM, said once per shape), or with
+# WAN_GEMM_GELU_EPILOGUE=0 always as a kernel (the epilogue never asked for); other values refused
+t_check "GELU epilogue tried by default (the odd shape fell back to the kernel, saying so)" \
+    grep -q 'no algorithm with the GELU epilogue' "$T/ops.forward.log"
+WAN_GEMM_GELU_EPILOGUE=0 timeout 600 "$EMU/tests/tools/gpu_check" --quick --seed 7 --only matmul_gelu >"$T/nogelu.log" 2>&1
+rc=$?
+t_check_all "WAN_GEMM_GELU_EPILOGUE=0: the GELU as a kernel, the same checks pass: $(tail -n1 "$T/nogelu.log")" \
+    '[ $rc = 0 ] && ! grep -q "EPILOGUE" "$T/nogelu.log"'
+WAN_GEMM_GELU_EPILOGUE=yes "$EMU/tests/tools/gpu_check" --quick --only matmul_gelu >"$T/badgelu.log" 2>&1
+rc=$?
+t_check_all "WAN_GEMM_GELU_EPILOGUE=yes refused (exit $rc)" \
+    '[ $rc = 2 ] && grep -q "WAN_GEMM_GELU_EPILOGUE=yes: expected 0 or 1" "$T/badgelu.log"'
+
 # ---- 4. the whole model against the CPU backend
 timeout 900 "$EMU/tests/tools/gpu_model_check" --seed 3 >"$T/model.log" 2>&1
 rc=$?
