@@ -3,9 +3,10 @@
  * GELU too (forward GELU_AUX_BIAS, the input gradient through it DGELU: its [tokens, ffn]
  * activation written once instead of written, read and written again), weight gradients
  * accumulated into fp32 with beta = 1. Where the heuristic has no algorithm with an epilogue
- * (a leading dimension not a multiple of 8, say) a kernel does that part after the GEMM. The matmul descriptor, the three layouts and
- * the algorithm that cublasLtMatmulAlgoGetHeuristic chose are cached per shape (dims, leading
- * dims, types, transposes, epilogue and pointer alignments) in a small hash map.
+ * (a leading dimension not a multiple of 8, say) a kernel does that part after the GEMM. The
+ * matmul descriptor, the three layouts and the algorithm that cublasLtMatmulAlgoGetHeuristic
+ * chose are cached per shape (dims, leading dims, types, transposes, epilogue and pointer
+ * alignments) in a small hash map.
  *
  * Layouts. cuBLASLt is column-major; our matrices are row-major. A row-major X[r, c] with row
  * stride ld is, byte for byte, the column-major matrix X^T[c, r] with leading dimension ld. So:
