@@ -134,6 +134,14 @@ sys.exit(0 if 0 < worst < 5e-2 else 1)
 EOF
 rc=$?
 t_check "emulated GPU losses follow the CPU run: $(tail -n1 "$T/cmp.log")" [ $rc = 0 ]
+# recompute on the CUDA path (the first block rebuilt from its input in the backward, the second
+# keeping its activations): the kernels are deterministic, so the state is bit-identical
+"$EMU/bin/wan-train" "${common[@]}" --set train.device=\"cuda\" --set train.recompute=true --set train.recompute_layers=1 \
+    --set train.run_dir=\"$T/gpu-rc\" >"$T/train_gpu_rc.log" 2>&1
+rc=$?
+t_check_all "emulated GPU with 1 of 2 blocks recomputing (exit $rc): checkpoint bit-identical to no recompute" \
+    '[ $rc = 0 ] && grep -q "recomputed [1-9][0-9]* block forwards" "$T/train_gpu_rc.log" &&
+     cmp -s "$T/gpu/checkpoints/latest/rank00000.bin" "$T/gpu-rc/checkpoints/latest/rank00000.bin"'
 
 # ---- 6. make test-gpu's driver (tests/gpu/run.sh) on the emulated GPU: a lease is short, so a
 # step that runs past what the deadline leaves must be stopped and named, and the steps after it
