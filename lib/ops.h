@@ -186,6 +186,7 @@ struct wan_backend {
     void (*sync)(wan_backend *be);
     /* bytes currently and at most allocated through alloc */
     size_t mem_now, mem_peak;
+    size_t mem_device; /* the device's memory in bytes (a GPU's total); 0 when not known (CPU) */
     char device_name[128]; /* "CPU (2 threads)" or "NVIDIA H100 80GB HBM3" */
     int device_index;      /* GPU ordinal; -1 on CPU */
     void (*destroy)(wan_backend *be);

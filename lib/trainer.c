@@ -62,6 +62,36 @@ static int world_max(job *j, float *v) {
     return 0;
 }
 
+/* Before anything large is allocated: a plan (wan-train --check's) that cannot fit this GPU is a
+ * configuration error, named with what to change; a budget above the GPU's memory a warning. */
+static int check_device_memory(job *j, int recompute_layers) {
+    const wan_config *cfg = &j->cfg;
+    const wan_dist *d = &j->rt.dist;
+    size_t dev = j->rt.be->mem_device;
+    const int *ls = cfg->train.latent_shape;
+    if (!dev || !ls[0] || !ls[1] || !ls[2]) return 0;
+    const double GiB = 1073741824.0;
+    bool first_of_stage = d->tp_rank == 0 && d->cp_rank == 0 && d->dp_rank == 0;
+    if (first_of_stage && cfg->train.memory_budget_gib * GiB > (double)dev)
+        wan_warn("train.memory_budget_gib = %g exceeds this GPU's %.1f GiB (%s): the plan may not fit",
+                 cfg->train.memory_budget_gib, dev / GiB, j->rt.be->device_name);
+    wan_config c = *cfg;
+    c.train.recompute_layers = recompute_layers;
+    wan_memory_plan_t p;
+    WAN_TRY(wan_memory_plan(&c, d->world, !strcmp(j->rt.be->name, "cuda"), d->pp_rank, &p));
+    if (p.total > dev)
+        return wan_fail(WAN_ERR_USAGE,
+                        "pipeline stage %d plans %.2f GiB per GPU (training state %.2f, activations %.2f; wan-train "
+                        "--check) but %s has %.1f GiB: %s",
+                        d->pp_rank, p.total / GiB, p.state / GiB, p.activations / GiB, j->rt.be->device_name, dev / GiB,
+                        !cfg->train.recompute ? "train.recompute = true keeps only each block's input"
+                        : p.recomputing < p.blocks
+                            ? "a lower train.memory_budget_gib or a higher train.recompute_layers recomputes more blocks"
+                            : "more model parallelism (tp, cp, pp) or more data-parallel ranks (the optimizer state is "
+                              "sharded over dp x cp) lowers it");
+    return 0;
+}
+
 static int setup(job *j, const wan_train_opts *opts) {
     wan_config *cfg = &j->cfg;
     /* validate before starting ranks: a bad config fails once, with exit 2 */
@@ -92,6 +122,7 @@ static int setup(job *j, const wan_train_opts *opts) {
     int recompute_layers;
     WAN_TRY(wan_memory_plan_recompute_layers(cfg, d->world, !strcmp(j->rt.be->name, "cuda"), d->pp_rank,
                                              &recompute_layers));
+    WAN_TRY(check_device_memory(j, recompute_layers));
     WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, wan_recompute_of(&cfg->train),
                              recompute_layers, true));
     if (cfg->train.recompute && d->tp_rank == 0 && d->cp_rank == 0 && d->dp_rank == 0) {

@@ -320,6 +320,7 @@ int wan_backend_cuda(int device, wan_backend **out) {
     be->sync = be_sync;
     be->destroy = be_destroy;
     be->device_index = device;
+    be->mem_device = prop.totalGlobalMem;
     snprintf(be->device_name, sizeof be->device_name, "%.*s", (int)sizeof be->device_name - 1, prop.name);
     c->device = device;
     c->sm_count = prop.multiProcessorCount;

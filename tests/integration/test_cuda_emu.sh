@@ -137,11 +137,21 @@ t_check "emulated GPU losses follow the CPU run: $(tail -n1 "$T/cmp.log")" [ $rc
 # recompute on the CUDA path (the first block rebuilt from its input in the backward, the second
 # keeping its activations): the kernels are deterministic, so the state is bit-identical
 "$EMU/bin/wan-train" "${common[@]}" --set train.device=\"cuda\" --set train.recompute=true --set train.recompute_layers=1 \
-    --set train.run_dir=\"$T/gpu-rc\" >"$T/train_gpu_rc.log" 2>&1
+    --set train.memory_budget_gib=100 --set train.run_dir=\"$T/gpu-rc\" >"$T/train_gpu_rc.log" 2>&1
 rc=$?
 t_check_all "emulated GPU with 1 of 2 blocks recomputing (exit $rc): checkpoint bit-identical to no recompute" \
     '[ $rc = 0 ] && grep -q "recomputed [1-9][0-9]* block forwards" "$T/train_gpu_rc.log" &&
      cmp -s "$T/gpu/checkpoints/latest/rank00000.bin" "$T/gpu-rc/checkpoints/latest/rank00000.bin"'
+t_check "a memory budget above the GPU's memory is a warning" \
+    grep -q 'warn: train.memory_budget_gib = 100 exceeds this GPU.s 80.0 GiB' "$T/train_gpu_rc.log"
+# a layout whose plan cannot fit the GPU stops before anything large is allocated, saying what
+# to change (the 14B model on one 80 GiB GPU: 300.65 GiB)
+"$EMU/bin/wan-train" --config configs/wan2.1-14b-h100.cfg --set parallel.tp=1 --set parallel.sp=false \
+    --set parallel.cp=1 --set 'data.path=""' --set train.run_dir=\"$T/gpu-14b\" >"$T/train_gpu_14b.log" 2>&1
+rc=$?
+t_check_all "14B on one emulated GPU refused before allocating (exit $rc), the plan and the GPU named" \
+    '[ $rc = 2 ] && grep -q "pipeline stage 0 plans 300.65 GiB per GPU .* has 80.0 GiB: more model parallelism" \
+        "$T/train_gpu_14b.log" && ! grep -q "out of GPU memory" "$T/train_gpu_14b.log"'
 
 # ---- 6. make test-gpu's driver (tests/gpu/run.sh) on the emulated GPU: a lease is short, so a
 # step that runs past what the deadline leaves must be stopped and named, and the steps after it
