@@ -35,7 +35,7 @@ static int plan_with(const wan_config *cfg, int world, bool cuda, int stage, int
         size_t np = (size_t)m.ps.total;
         out->stage = stage;
         out->blocks = m.l1 - m.l0;
-        for (int l = m.l0; l < m.l1; l++) out->recomputing += wan_block_recomputes(&m, l);
+        out->recomputing = wan_model_blocks_recomputing(&m);
         out->params = (int64_t)np;
         out->weights = wan_align256(np * wan_dtype_size(be.param));
         out->grads = wan_align256(np * sizeof(float));
@@ -51,7 +51,10 @@ static int plan_with(const wan_config *cfg, int world, bool cuda, int stage, int
     return rc;
 }
 
-int wan_memory_plan_recompute_layers(const wan_config *cfg, int world, bool cuda, int stage, int *layers) {
+/* The train.recompute_layers the stage runs with: the configured one, or with
+ * train.memory_budget_gib (recompute on, recompute_layers = -1) the fewest recomputing blocks
+ * whose plan fits the budget (all of them when none does). */
+static int recompute_layers_for(const wan_config *cfg, int world, bool cuda, int stage, int *layers) {
     const wan_train_cfg *t = &cfg->train;
     *layers = t->recompute_layers;
     if (!t->recompute || t->recompute_layers >= 0 || t->memory_budget_gib <= 0) return 0;
@@ -70,6 +73,6 @@ int wan_memory_plan_recompute_layers(const wan_config *cfg, int world, bool cuda
 
 int wan_memory_plan(const wan_config *cfg, int world, bool cuda, int stage, wan_memory_plan_t *out) {
     int layers;
-    WAN_TRY(wan_memory_plan_recompute_layers(cfg, world, cuda, stage, &layers));
+    WAN_TRY(recompute_layers_for(cfg, world, cuda, stage, &layers));
     return plan_with(cfg, world, cuda, stage, layers, out);
 }

@@ -11,7 +11,8 @@
 typedef struct {
     int stage;              /* pipeline stage the figures are for */
     int blocks;             /* the stage's blocks */
-    int recomputing;        /* how many of them rebuild their activations in the backward */
+    int recomputing;        /* how many of them rebuild their activations in the backward (the
+                             * first ones): with train.memory_budget_gib, the fewest that fit */
     int64_t params;         /* elements of a rank's flat parameter buffer */
     size_t weights, grads, optimizer; /* the training state: weights (bf16 on GPUs), fp32 gradients,
                                        * fp32 masters and both AdamW moments of the ZeRO slice */
@@ -29,10 +30,5 @@ typedef struct {
  * on the CUDA backend (bf16 weights and activations) or the CPU one (fp32). Needs
  * train.latent_shape; fails with a message naming what does not fit. */
 int wan_memory_plan(const wan_config *cfg, int world, bool cuda, int stage, wan_memory_plan_t *out);
-
-/* The train.recompute_layers a rank of pipeline stage `stage` runs with: the configured one, or
- * with train.memory_budget_gib (recompute on, recompute_layers = -1) the fewest recomputing
- * blocks whose plan fits the budget (all of them when none does). -1 = all. */
-int wan_memory_plan_recompute_layers(const wan_config *cfg, int world, bool cuda, int stage, int *layers);
 
 #endif

@@ -133,6 +133,13 @@ static inline bool wan_block_recomputes(const wan_model *m, int l) {
     return m->recompute != WAN_RECOMPUTE_NONE && (m->recompute_layers < 0 || l - m->l0 < m->recompute_layers);
 }
 
+/* How many of this stage's blocks do. */
+static inline int wan_model_blocks_recomputing(const wan_model *m) {
+    int n = 0;
+    for (int l = m->l0; l < m->l1; l++) n += wan_block_recomputes(m, l);
+    return n;
+}
+
 #define WAN_PARAMS_BEFORE_BLOCKS (-1)
 #define WAN_PARAMS_ALL (-2)
 

@@ -62,24 +62,28 @@ static int world_max(job *j, float *v) {
     return 0;
 }
 
-/* Before anything large is allocated: a plan (wan-train --check's) that cannot fit this GPU is a
- * configuration error, named with what to change; a budget above the GPU's memory a warning. */
-static int check_device_memory(job *j, int recompute_layers) {
+/* This stage's memory plan (wan-train --check's), where something depends on it: how many blocks
+ * recompute under train.memory_budget_gib, and on a GPU, before anything large is allocated, a
+ * plan that cannot fit is a configuration error named with what to change (a budget above the
+ * GPU's memory a warning). *recompute_layers: what the model is created with. */
+static int plan_stage_memory(job *j, int *recompute_layers) {
     const wan_config *cfg = &j->cfg;
+    const wan_train_cfg *t = &cfg->train;
     const wan_dist *d = &j->rt.dist;
     size_t dev = j->rt.be->mem_device;
-    const int *ls = cfg->train.latent_shape;
-    if (!dev || !ls[0] || !ls[1] || !ls[2]) return 0;
+    const int *ls = t->latent_shape;
+    bool budget = t->recompute && t->recompute_layers < 0 && t->memory_budget_gib > 0;
+    *recompute_layers = t->recompute_layers;
+    if (!(budget || dev) || !ls[0] || !ls[1] || !ls[2]) return 0; /* a budget needs the shape (validated) */
     const double GiB = 1073741824.0;
     bool first_of_stage = d->tp_rank == 0 && d->cp_rank == 0 && d->dp_rank == 0;
-    if (first_of_stage && cfg->train.memory_budget_gib * GiB > (double)dev)
+    if (dev && first_of_stage && t->memory_budget_gib * GiB > (double)dev)
         wan_warn("train.memory_budget_gib = %g exceeds this GPU's %.1f GiB (%s): the plan may not fit",
-                 cfg->train.memory_budget_gib, dev / GiB, j->rt.be->device_name);
-    wan_config c = *cfg;
-    c.train.recompute_layers = recompute_layers;
+                 t->memory_budget_gib, dev / GiB, j->rt.be->device_name);
     wan_memory_plan_t p;
-    WAN_TRY(wan_memory_plan(&c, d->world, !strcmp(j->rt.be->name, "cuda"), d->pp_rank, &p));
-    if (p.total > dev)
+    WAN_TRY(wan_memory_plan(cfg, d->world, !strcmp(j->rt.be->name, "cuda"), d->pp_rank, &p));
+    if (t->recompute) *recompute_layers = p.recomputing; /* the stage's first p.recomputing blocks */
+    if (dev && p.total > dev)
         return wan_fail(WAN_ERR_USAGE,
                         "pipeline stage %d plans %.2f GiB per GPU (training state %.2f, activations %.2f; wan-train "
                         "--check) but %s has %.1f GiB: %s",
@@ -117,16 +121,13 @@ static int setup(job *j, const wan_train_opts *opts) {
         wan_config_advise(cfg);
     }
 
-    /* how many of this stage's blocks recompute: configured, or what the memory budget allows */
     const wan_dist *d = &j->rt.dist;
     int recompute_layers;
-    WAN_TRY(wan_memory_plan_recompute_layers(cfg, d->world, !strcmp(j->rt.be->name, "cuda"), d->pp_rank,
-                                             &recompute_layers));
-    WAN_TRY(check_device_memory(j, recompute_layers));
+    WAN_TRY(plan_stage_memory(j, &recompute_layers));
     WAN_TRY(wan_model_create(&j->model, &cfg->model, j->rt.be, &j->rt.dist, wan_recompute_of(&cfg->train),
                              recompute_layers, true));
     if (cfg->train.recompute && d->tp_rank == 0 && d->cp_rank == 0 && d->dp_rank == 0) {
-        int n = j->model.l1 - j->model.l0, r = recompute_layers < 0 || recompute_layers > n ? n : recompute_layers;
+        int n = j->model.l1 - j->model.l0, r = wan_model_blocks_recomputing(&j->model);
         wan_info("pipeline stage %d: %d of its %d blocks recompute their activations in the backward, %d keep them%s",
                  d->pp_rank, r, n, n - r,
                  cfg->train.recompute_layers < 0 && cfg->train.memory_budget_gib > 0 ? " (train.memory_budget_gib)" : "");

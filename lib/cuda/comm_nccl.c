@@ -602,9 +602,11 @@ static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int inde
         /* NCCL connects peers at a communicator's first collective, and point-to-point links at
          * their first send/recv: do both now, with the host waiting, not inside a step beside
          * another communicator's kernels. */
-        if (size > 1) WAN_TRY(nccl_barrier(g));
-        if (size > 1) WAN_TRY(connect_links(g, name));
-        if (size > 1) WAN_TRY(nccl_flush(c));
+        if (size > 1) {
+            WAN_TRY(nccl_barrier(g));
+            WAN_TRY(connect_links(g, name));
+            WAN_TRY(nccl_flush(c));
+        }
     }
     return 0;
 }
