@@ -9,7 +9,11 @@
 #   make test-emu   the CUDA backend on the CPU emulator (tests/emu), against the CPU backend
 #   make EMU=1 ...  build into build/emu with the emulator in place of the GPU libraries
 
-CUDA_HOME ?= /usr/local/cuda
+# The CUDA toolkit: CUDA_HOME, else /usr/local/cuda, else the one whose nvcc is on the PATH.
+ifndef CUDA_HOME
+  NVCC_ON_PATH := $(shell command -v nvcc 2>/dev/null)
+  CUDA_HOME := $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,$(if $(NVCC_ON_PATH),$(patsubst %/bin/nvcc,%,$(realpath $(NVCC_ON_PATH))),/usr/local/cuda))
+endif
 NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
 EMU ?= 0
 ifeq ($(EMU),1)
@@ -18,6 +22,10 @@ endif
 ifeq ($(origin CUDA),undefined)
   CUDA := $(if $(NVCC),1,0)
 endif
+
+space := $(subst ,, )
+# the words of $(1), each at its first place
+uniq = $(if $(1),$(firstword $(1)) $(call uniq,$(filter-out $(firstword $(1)),$(1))))
 
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 GIT_REV := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -49,7 +57,24 @@ ifeq ($(CUDA),1)
   CUDA_CU := $(wildcard lib/cuda/*.cu)
   CUDA_C := $(wildcard lib/cuda/*.c)
   CUDA_OBJ := $(CUDA_CU:%.cu=$(BUILD)/%.o) $(CUDA_C:%.c=$(BUILD)/%.o)
-  CPPFLAGS += -DWAN_CUDA=1 -I$(CUDA_HOME)/include
+  # cuDNN, NCCL and cuBLAS where this machine has them: in the toolkit, the system, or PyTorch's
+  # nvidia-* wheels (mk/find-cuda-lib.sh; CUDNN_HOME, NCCL_HOME, CUBLAS_HOME override). Their
+  # directories come before the toolkit's, so that a newer cuDNN found elsewhere is the one
+  # compiled against, linked and loaded.
+  GPU_LIBS_FOUND := $(shell CUDA_HOME='$(CUDA_HOME)' mk/find-cuda-lib.sh --make)
+  gpu_lib = $(patsubst $(1):$(2):%,%,$(filter $(1):$(2):%,$(GPU_LIBS_FOUND)))
+  ifneq ($(filter-out deps clean,$(or $(MAKECMDGOALS),all)),)
+    ifeq ($(and $(call gpu_lib,cudnn,version),$(call gpu_lib,nccl,version),$(call gpu_lib,cublas,version)),)
+      $(error a CUDA build needs cuDNN, NCCL and cuBLAS (the message above says which is missing))
+    endif
+  endif
+  GPU_LIB_CFLAGS := $(foreach l,cudnn nccl cublas,$(call gpu_lib,$(l),cflag))
+  GPU_LIB_LINK := $(foreach l,cudnn nccl cublas,$(call gpu_lib,$(l),lib))
+  GPU_LIB_DIRS := $(call uniq,$(patsubst -L%,%,$(filter -L%,$(GPU_LIB_LINK))) $(CUDA_HOME)/lib64)
+  # what test-gpu and bench-gpu put on LD_LIBRARY_PATH (cuDNN loads its parts at run time)
+  GPU_LIB_PATH := $(subst $(space),:,$(strip $(GPU_LIB_DIRS)))
+  CPPFLAGS += -DWAN_CUDA=1 $(call uniq,$(GPU_LIB_CFLAGS) -I$(CUDA_HOME)/include)
+  GPU_RUN_ENV := LD_LIBRARY_PATH=$(GPU_LIB_PATH)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
 ifeq ($(EMU),1)
   # The emulator: kernels compiled as host C++ (tests/emu/cuda_emu.h), the CUDA runtime, cuBLASLt,
   # cuDNN and NCCL replaced by CPU stand-ins; AddressSanitizer checks every access kernels make.
@@ -61,11 +86,11 @@ ifeq ($(EMU),1)
   LDFLAGS += $(SAN)
   LDLIBS += -lstdc++
   CXXFLAGS_EMU := -std=c++17 -O1 -g -Wall -Wextra -Werror -Wno-unused-function $(SAN) -MMD -MP \
-                  -Ilib -Ilib/cuda -Itests/emu -DWAN_CUDA=1 -I$(CUDA_HOME)/include
+                  -Ilib -Ilib/cuda -Itests/emu -DWAN_CUDA=1 $(call uniq,$(GPU_LIB_CFLAGS) -I$(CUDA_HOME)/include)
 else
   # Dynamic cudart/cuBLAS/cuDNN/NCCL; never the libcuda driver stub, so binaries start without a driver.
-  LDFLAGS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
-  LDLIBS += -lnccl -lcudnn -lcublasLt -lcublas -lcudart -lstdc++
+  LDFLAGS += $(foreach d,$(GPU_LIB_DIRS),-L$(d) -Wl,-rpath,$(d))
+  LDLIBS += $(filter -l%,$(GPU_LIB_LINK)) -lcudart -lstdc++
 endif
   NVCC_ARCH := -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_100a,code=sm_100a \
                -gencode arch=compute_90,code=compute_90
@@ -196,7 +221,7 @@ test:
 test-gpu:
 	@tests/gpu/unpack-debs.sh
 	@$(MAKE) --no-print-directory gpu-bins
-	@tests/gpu/run.sh
+	@$(GPU_RUN_ENV) tests/gpu/run.sh
 
 # The CUDA backend on the CPU emulator: needs the CUDA toolkit's headers, not a GPU.
 test-emu:
@@ -206,7 +231,7 @@ test-emu:
 bench-gpu:
 	@tests/gpu/unpack-debs.sh
 	@$(MAKE) --no-print-directory gpu-bins
-	@bench/gpu.sh
+	@$(GPU_RUN_ENV) bench/gpu.sh
 
 demo:
 	@$(MAKE) --no-print-directory deps

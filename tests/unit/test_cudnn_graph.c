@@ -34,7 +34,13 @@ static void check_shape_builds(int B, int H, int Sq, int Skv, int hd) {
     int rc = wan_sdpa_selftest_build(B, H, Sq, Skv, hd, report, sizeof report);
     printf("%s", report);
     CHECKF(rc == 0, "B=%d H=%d Sq=%d Skv=%d hd=%d: %s", B, H, Sq, Skv, hd, wan_errmsg());
-    int graphs = Skv > 1 ? 6 : 3;
+    /* the single forward operation is skipped, not failed, on a cuDNN older than it (9.13.1, its
+     * padding 9.15.0): never on a newer one */
+    int major = 0, minor = 0, patch = 0;
+    CHECK(sscanf(report, "cuDNN %d.%d.%d", &major, &minor, &patch) == 3);
+    int version = major * 10000 + minor * 100 + patch, skipped = count_lines_with(report, "skipped: ");
+    CHECKF(version < 91500 || skipped == 0, "cuDNN %d: %d graphs skipped", version, skipped);
+    int graphs = (Skv > 1 ? 6 : 3) - skipped;
     CHECKF(count_lines_with(report, "operation graph finalised") == graphs, "%d of %d graphs finalised",
            count_lines_with(report, "operation graph finalised"), graphs);
     CHECK(count_lines_with(report, "FAILED") == 0);
@@ -46,8 +52,9 @@ static void check_shape_builds(int B, int H, int Sq, int Skv, int hd) {
         CHECK(strstr(report, "needs a GPU:") != NULL);
     } else {
         /* a GPU: the backward always gets a plan; the forward through one of its two graphs */
-        CHECK(count_lines(report, "backward", "plan on engine") == graphs / 3);
-        CHECK(count_lines(report, "forward", "plan on engine") >= graphs / 3);
+        int masks = Skv > 1 ? 2 : 1;
+        CHECK(count_lines(report, "backward", "plan on engine") == masks);
+        CHECK(count_lines(report, "forward", "plan on engine") >= masks);
     }
 }
 
