@@ -28,6 +28,9 @@ t_check_all "without the budget every block recomputes: 8782.6 MiB of activation
 "$BIN/wan-train" --config "$ROOT/configs/wan2.1-14b-h100.cfg" --set train.recompute_layers=28 --check >"$T_TMP/plan28" 2>&1
 t_check_all "train.recompute_layers = 28 (explicit, over the budget): 12 blocks keep theirs, 1261 MiB more, and a warning" \
     'grep -q "activations 23912.3 MiB" "$T_TMP/plan28" && grep -q "warn: stage 0: the plan.s 66.47 GiB exceed train.memory_budget_gib = 66" "$T_TMP/plan28"'
+"$BIN/wan-train" --config "$ROOT/configs/wan2.1-14b-h200.cfg" --check >"$T_TMP/plan200" 2>&1
+t_check "14B H200 preset: the H100 layout with every block keeping its activations (99.66 GiB within 126)" \
+    grep -q 'stage 0: 0 of its 40 blocks recompute their activations in the backward, 40 keep them' "$T_TMP/plan200"
 "$BIN/wan-train" --check --set train.memory_budget_gib=1e-3 >"$T_TMP/tinyb" 2>&1
 t_check "a budget the plan exceeds without recompute: the warning says what would save memory" \
     grep -q 'warn: stage 0: the plan.s .* exceed train.memory_budget_gib = 0.001; train.recompute = true keeps' "$T_TMP/tinyb"
@@ -88,9 +91,10 @@ else t_fail "resolved configuration round trip"; diff "$T_TMP/a.cfg" "$T_TMP/b.c
 # the presets reproduce the reference table's layouts
 lay() { "$BIN/wan-train" --config "$ROOT/configs/$1" --print-config 2>/dev/null | tr -d ' ' | grep -E "^(tp|sp|cp|gbs|mbs|latent_shape)=" | tr '\n' ' '; }
 [ "$(lay wan2.1-14b-h100.cfg)" = "tp=2; sp=true; cp=4; gbs=64; mbs=1; latent_shape=[24,60,104]; " ] &&
+[ "$(lay wan2.1-14b-h200.cfg)" = "tp=2; sp=true; cp=4; gbs=64; mbs=1; latent_shape=[24,60,104]; " ] &&
 [ "$(lay wan2.1-14b-gb200.cfg)" = "tp=1; sp=false; cp=4; gbs=64; mbs=1; latent_shape=[24,60,104]; " ] &&
 [ "$(lay wan2.1-14b-gb300.cfg)" = "tp=1; sp=false; cp=2; gbs=64; mbs=1; latent_shape=[24,60,104]; " ] &&
-    t_ok "presets: H100 TP2+SP CP4, GB200 CP4, GB300 CP2, GBS 64, MBS 1, 24x30x52 tokens" ||
+    t_ok "presets: H100 and H200 TP2+SP CP4, GB200 CP4, GB300 CP2, GBS 64, MBS 1, 24x30x52 tokens" ||
     { t_fail "preset layouts"; lay wan2.1-14b-h100.cfg; echo; }
 
 # conventions of every program
