@@ -76,4 +76,19 @@ if [ -z "$have_gpu" ] || [ -z "$cuda_build" ]; then
     if [ -e "$T_TMP/run/steps.jsonl" ]; then t_fail "wan-train wrote a step log without a backend"; else t_ok "no step log written"; fi
 fi
 
+# ---- the prepared lease command (tests/gpu/lease.sh): without a GPU it reports the machine,
+# says so and stops before building anything; bad arguments are refused
+if [ -z "$have_gpu" ]; then
+    out=$(OUT=$T_TMP/lease timeout 120 "$ROOT/tests/gpu/lease.sh" test 60 2>&1)
+    rc=$?
+    t_check_all "lease.sh without a GPU: exit 1, 'no NVIDIA GPU', the machine report written, nothing built" \
+        '[ $rc = 1 ] && [[ $out == *"no NVIDIA GPU here"* ]] && grep -q "^cudnn " "$T_TMP/lease/machine.txt" &&
+         [ -s "$T_TMP/lease/lease.log" ] && ! [ -e "$T_TMP/lease/build.log" ]'
+fi
+OUT=$T_TMP/lease2 "$ROOT/tests/gpu/lease.sh" everything >/dev/null 2>&1
+rc1=$?
+OUT=$T_TMP/lease2 "$ROOT/tests/gpu/lease.sh" test soon >/dev/null 2>&1
+rc2=$?
+t_check_all "lease.sh refuses an unknown part and a non-numeric time (exit 2): $rc1 $rc2" '[ $rc1 = 2 ] && [ $rc2 = 2 ]'
+
 t_summary
