@@ -586,11 +586,25 @@ static int nccl_make_group(wan_comm *c, wan_group *g, const char *name, int inde
     }
     ncclResult_t r = ncclCommSplit(world, g->rank >= 0 ? index : NCCL_SPLIT_NOCOLOR, g->rank >= 0 ? g->rank : 0,
                                    &ng->comm, &cfg);
-    if (ng->comm) ni->comms[ni->ncomms++] = ng->comm; /* aborted with the others from now on */
     unlock(ni);
     if (r != ncclSuccess && r != ncclInProgress)
         return fail_op(c, g, "make_group (ncclCommSplit)", "%s (%s)", ncclGetErrorString(r), ncclGetLastError(world));
-    WAN_TRY(wait_comm(c, g, world, "make_group (ncclCommSplit)"));
+    /* A non-blocking split fills in the new communicator only when it is done, which the parent
+     * reports (NCCL stores the handle at the end of its init job; until then it is NULL). From
+     * then on it is aborted with the others; one that arrives after a failure is aborted now. */
+    int wrc = wait_comm(c, g, world, "make_group (ncclCommSplit)");
+    lock(ni);
+    ncclComm_t made = __atomic_load_n(&ng->comm, __ATOMIC_ACQUIRE), late = NULL;
+    if (made && !ni->poisoned) ni->comms[ni->ncomms++] = made;
+    else late = made;
+    unlock(ni);
+    if (late) {
+        (void)ncclCommAbort(late);
+        ng->comm = NULL;
+    }
+    WAN_TRY(wrc);
+    if (g->rank >= 0 && !ng->comm)
+        return fail_op(c, g, "make_group (ncclCommSplit)", "the split completed without this rank's communicator");
     if (ng->comm) {
         WAN_TRY(wait_comm(c, g, ng->comm, "make_group (ncclCommSplit)"));
         int n = 0;

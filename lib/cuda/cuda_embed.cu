@@ -85,9 +85,10 @@ static wan_patch_geo patch_geo(int C, int F, int H, int W, int pt, int ph, int p
 extern "C" void wan_cuda_patchify(wan_backend *be, void *out, wan_dtype out_dt, const float *latent, int B, int C,
                                   int F, int H, int W, int pt, int ph, int pw, bool c_fastest, wan_tokens tk,
                                   int n_valid) {
-    (void)B;
     if (tk.T <= 0) return;
     WAN_CUDA_REQUIRE(tk.S_local > 0, "patchify: S_local = %d", tk.S_local);
+    WAN_CUDA_REQUIRE((tk.tok0 + tk.T - 1) / tk.S_local < B, "patchify: tokens %lld..%lld lie beyond the %d samples",
+                     (long long)tk.tok0, (long long)(tk.tok0 + tk.T - 1), B);
     wan_patch_geo g = patch_geo(C, F, H, W, pt, ph, pw);
     long long valid = n_valid < (F / pt) * (H / ph) * (W / pw) ? n_valid : (long long)(F / pt) * (H / ph) * (W / pw);
     cudaStream_t st = wan_cuda_stream_of(be);
@@ -98,9 +99,10 @@ extern "C" void wan_cuda_patchify(wan_backend *be, void *out, wan_dtype out_dt, 
 
 extern "C" void wan_cuda_unpatchify(wan_backend *be, float *latent, const float *rows, int B, int C, int F, int H,
                                     int W, int pt, int ph, int pw, wan_tokens tk, int n_valid) {
-    (void)B;
     if (tk.T <= 0) return;
     WAN_CUDA_REQUIRE(tk.S_local > 0, "unpatchify: S_local = %d", tk.S_local);
+    WAN_CUDA_REQUIRE((tk.tok0 + tk.T - 1) / tk.S_local < B, "unpatchify: tokens %lld..%lld lie beyond the %d samples",
+                     (long long)tk.tok0, (long long)(tk.tok0 + tk.T - 1), B);
     wan_patch_geo g = patch_geo(C, F, H, W, pt, ph, pw);
     long long valid = n_valid < (F / pt) * (H / ph) * (W / pw) ? n_valid : (long long)(F / pt) * (H / ph) * (W / pw);
     cudaStream_t st = wan_cuda_stream_of(be);

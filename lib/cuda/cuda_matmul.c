@@ -146,6 +146,14 @@ static bool try_gelu_epilogue(wan_cuda *c, mm_plan *p, const void *bias, const v
                              : bias             ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
                                                 : CUBLASLT_EPILOGUE_GELU_AUX;
     int64_t ld = k->ldd;
+    /* cublasLt.h: the auxiliary leading dimension a multiple of 8 and at least D's rows. Checked
+     * here, not left to the heuristic, which need not refuse it (cublasLtMatmul would) */
+    if (ld % 8 || ld < k->m) {
+        wan_warn("GEMM m=%lld n=%lld k=%lld: leading dimension %lld is not a multiple of 8 the GELU epilogue's "
+                 "auxiliary matrix needs; a separate kernel applies the GELU",
+                 (long long)k->m, (long long)k->n, (long long)k->k, (long long)ld);
+        return false;
+    }
     set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
     set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld);
     /* as for the bias, the heuristic reads the pointers' alignment */
@@ -160,8 +168,12 @@ static bool try_gelu_epilogue(wan_cuda *c, mm_plan *p, const void *bias, const v
         p->bias_in_epilogue = bias != NULL;
         return true;
     }
+    /* back to a plain product: no pointers left behind on the descriptor */
+    const void *none = NULL;
     epi = CUBLASLT_EPILOGUE_DEFAULT;
     set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &none, sizeof none);
+    if (bias && k->gelu == GELU_FWD) set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &none, sizeof none);
     wan_warn("cuBLASLt has no algorithm with the %s epilogue for the GEMM m=%lld n=%lld k=%lld (alignments D %d, aux "
              "%d bytes); a separate kernel applies the GELU",
              k->gelu == GELU_BWD ? "DGELU" : "GELU", (long long)k->m, (long long)k->n, (long long)k->k, k->align_d,
@@ -196,8 +208,10 @@ static void plan_build(wan_cuda *c, mm_plan *p, const mm_key *k, const void *bia
             p->bias_in_epilogue = true;
             return;
         }
+        const void *none = NULL;
         epi = CUBLASLT_EPILOGUE_DEFAULT;
         set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+        set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &none, sizeof none);
     }
     cublasStatus_t s = pick_algo(c, p);
     if (s == CUBLAS_STATUS_SUCCESS) return;

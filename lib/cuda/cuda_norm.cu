@@ -43,6 +43,8 @@ extern "C" void wan_cuda_layernorm_fwd(wan_backend *be, void *out, wan_dtype out
                                        const float *scale, int mod_stride, wan_tokens tk, int D, float eps) {
     if (tk.T <= 0 || D <= 0) return;
     WAN_CUDA_REQUIRE(!(shift || scale) || tk.S_local > 0, "layernorm_fwd: S_local = %d with modulation", tk.S_local);
+    /* the CPU twin's contract: affine or modulated, never both (the backward's sums assume it) */
+    WAN_CUDA_REQUIRE(!((w || b) && (shift || scale)), "layernorm_fwd: affine weights and modulation together");
     cudaStream_t st = wan_cuda_stream_of(be);
     k_ln_fwd<<<(unsigned)tk.T, WAN_THREADS, 0, st>>>(out, out_dt, mean, rstd, x, w, b, be->param, shift, scale,
                                                      mod_stride, tk.tok0, tk.S_local > 0 ? tk.S_local : tk.T, D, eps);
@@ -108,6 +110,8 @@ extern "C" void wan_cuda_layernorm_bwd(wan_backend *be, float *dx, float *dw, fl
     if (tk.T <= 0 || D <= 0) return;
     WAN_CUDA_REQUIRE(!(scale || dshift || dscale) || tk.S_local > 0, "layernorm_bwd: S_local = %d with modulation",
                      tk.S_local);
+    WAN_CUDA_REQUIRE(!((w || dw || db) && (scale || dshift || dscale)),
+                     "layernorm_bwd: affine weights and modulation together");
     cudaStream_t st = wan_cuda_stream_of(be);
     long long S = tk.S_local > 0 ? tk.S_local : tk.T;
     if (dx) {

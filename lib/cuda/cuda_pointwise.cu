@@ -146,7 +146,10 @@ extern "C" void wan_cuda_residual_bwd(wan_backend *be, void *dy, wan_dtype dy_dt
     WAN_CUDA_REQUIRE(!(gate || dgate) || tk.S_local > 0, "residual_bwd: S_local = %d with a gate", tk.S_local);
     cudaStream_t st = wan_cuda_stream_of(be);
     long long S = tk.S_local > 0 ? tk.S_local : tk.T;
-    /* the sums read dx before dy is written: dy may alias dx (as on the CPU backend) */
+    /* the sums read dx before dy is written, so dy may alias dx when both are fp32 (as on the CPU
+     * backend); a bf16 dy over the fp32 dx would have threads write inside floats others read */
+    WAN_CUDA_REQUIRE((const void *)dy != (const void *)dx || dy_dt == WAN_F32,
+                     "residual_bwd: a 16-bit dy may not alias the fp32 dx");
     if (dbias || dgate) {
         wan_slots s = wan_slots_make(tk.T, tk.tok0, S);
         float *part = (float *)wan_cuda_scratch(be, WAN_SCR_PARTIAL, 2 * (size_t)s.nslots * D * sizeof(float));

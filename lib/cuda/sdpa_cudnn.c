@@ -343,6 +343,11 @@ static const char *unified_missing(const sdpa_key *k) {
     return why;
 #else
     size_t version = cudnnGetVersion();
+    if (key_padded(k) && CUDNN_VERSION < 91500) {
+        snprintf(why, sizeof why, "built against cuDNN %d.%d.%d headers, which lack the SDPA_FWD sequence lengths (9.15)",
+                 CUDNN_MAJOR, CUDNN_MINOR, CUDNN_PATCHLEVEL);
+        return why;
+    }
     if (version >= 91301 && (!key_padded(k) || version >= 91500)) return NULL;
     snprintf(why, sizeof why, "cuDNN %zu: the SDPA_FWD operation needs 9.13.1%s", version,
              key_padded(k) ? " and its sequence lengths 9.15.0" : "");
@@ -378,11 +383,13 @@ static int build_fwd_unified(graph_build *g, const sdpa_key *k) {
     SET_ATTR(op, CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &o, name);
     SET_ATTR(op, CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &stats, name);
     SET_ATTR(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &scale, name);
+#if CUDNN_VERSION >= 91500 /* older headers: unified_missing refused padded keys */
     if (seq_q) {
         /* both lengths given: the engine applies its implicit padding mask */
         SET_ATTR(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SEQ_LEN_QDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &seq_q, name);
         SET_ATTR(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SEQ_LEN_KVDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &seq_kv, name);
     }
+#endif
     return add_op(g, op, name);
 #else
     (void)g;
@@ -679,11 +686,26 @@ static void plan_release(wan_sdpa *s, sdpa_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
+/* The oldest cuDNN these graphs are built for: cudnn-frontend refuses bf16 attention on 9.10.0
+ * and 9.10.1 (known bugs), and before 9.10 its engines want what this file does not do (a zeroed
+ * dQ accumulator before 9.6, the lowest float instead of -inf in masks). */
+#define SDPA_MIN_CUDNN 91002
+
+static int check_cudnn_version(void) {
+    size_t v = cudnnGetVersion();
+    if (v >= SDPA_MIN_CUDNN) return 0;
+    return wan_fail(WAN_ERR_RUNTIME,
+                    "cuDNN %zu.%zu.%zu: the fused attention needs cuDNN 9.10.2 or newer (older releases have "
+                    "known bf16 attention bugs); point CUDNN_HOME at a newer one and rebuild",
+                    v / 10000, v / 100 % 100, v % 100);
+}
+
 int wan_sdpa_create(void *handle, void *stream, void *(*alloc)(void *ctx, size_t bytes),
                     void (*free_fn)(void *ctx, void *p), void *alloc_ctx, wan_sdpa **out) {
     *out = NULL;
     if (!handle) return wan_fail(WAN_ERR_RUNTIME, "cuDNN attention: no cuDNN handle");
     if (!alloc || !free_fn) return wan_fail(WAN_ERR_RUNTIME, "cuDNN attention: no device allocator");
+    WAN_TRY(check_cudnn_version());
     wan_sdpa *s = calloc(1, sizeof *s);
     if (!s) return wan_fail(WAN_ERR_RUNTIME, "out of memory");
     s->handle = (cudnnHandle_t)handle;
@@ -757,7 +779,9 @@ static sdpa_plan *free_slot(wan_sdpa *s) {
         if (!s->plans[i].used) return &s->plans[i];
         if (s->plans[i].last_use < oldest->last_use) oldest = &s->plans[i];
     }
-    plan_release(s, oldest); /* least recently used */
+    /* least recently used; its kernels (and its sequence-length buffers) may still be queued */
+    (void)cudaStreamSynchronize(s->stream);
+    plan_release(s, oldest);
     return oldest;
 }
 
@@ -1084,6 +1108,7 @@ int wan_sdpa_selftest_build(int B, int H, int Sq, int Skv, int hd, char *report,
     report_add(report, report_len, "cuDNN %zu.%zu.%zu (headers %d.%d.%d); B=%d H=%d Sq=%d Skv=%d hd=%d\n",
                version / 10000, version / 100 % 100, version % 100, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_PATCHLEVEL, B, H,
                Sq, Skv, hd);
+    WAN_TRY(check_cudnn_version());
     WAN_TRY(check_shape(B, H, Sq, Skv, hd, Skv, true));
 
     /* With a GPU: a handle, heuristics and plans. Without: the device description. */

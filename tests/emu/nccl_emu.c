@@ -133,6 +133,7 @@ typedef struct op {
     cudaStream_t stream; /* stream work: collectives, send, recv */
     void *snapshot;      /* lazy mode: the send data as it was at enqueue (send points here) */
     struct ncclComm *child;
+    struct ncclComm **newcomm; /* split: where the child is stored once the split has run */
     int color, key;
     size_t done; /* send/recv: bytes moved */
 } op;
@@ -715,6 +716,12 @@ static void child_failed(struct ncclComm *ch, ncclResult_t r, const char *why) {
     atomic_store(&ch->status, r);
 }
 
+/* As NCCL: a split's new communicator reaches the caller's variable when the split has run on
+ * the parent's worker, not when ncclCommSplit returns (non-blocking: NULL until then). */
+static void publish_child(const op *o) {
+    if (o->newcomm) __atomic_store_n(o->newcomm, o->child, __ATOMIC_RELEASE);
+}
+
 static ncclResult_t run_split(struct ncclComm *c, const op *o) {
     const char *what = kind_names[K_SPLIT];
     struct ncclComm *ch = o->child;
@@ -743,6 +750,7 @@ static ncclResult_t run_split(struct ncclComm *c, const op *o) {
         free(members);
         child_failed(ch, r, "the exchange over the parent failed");
         atomic_store(&ch->setup_pending, 0);
+        publish_child(o);
         return r;
     }
     qsort(members, (size_t)m, sizeof *members, cmp_member);
@@ -762,12 +770,14 @@ static ncclResult_t run_split(struct ncclComm *c, const op *o) {
     snprintf(ch->name, sizeof ch->name, "%s", name);
     if (atomic_load(&ch->aborting)) {
         atomic_store(&ch->setup_pending, 0);
+        publish_child(o);
         return ncclSuccess;
     }
     op *init = calloc(1, sizeof *init);
     if (!init) {
         child_failed(ch, ncclSystemError, "out of memory");
         atomic_store(&ch->setup_pending, 0);
+        publish_child(o);
         return ncclSuccess;
     }
     init->kind = K_INIT;
@@ -775,6 +785,7 @@ static ncclResult_t run_split(struct ncclComm *c, const op *o) {
     ncclResult_t e = submit(ch, init, 1, &ticket); /* the child's worker joins its segment */
     if (e != ncclSuccess && e != ncclInProgress) child_failed(ch, e, "could not start joining");
     atomic_store(&ch->setup_pending, 0);
+    publish_child(o);
     return ncclSuccess;
 }
 
@@ -1319,6 +1330,7 @@ ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t *newc
     }
     o->kind = K_SPLIT;
     o->child = ch;
+    o->newcomm = ch ? newcomm : NULL;
     o->color = color;
     o->key = key;
     uint64_t ticket = 0;
@@ -1327,8 +1339,8 @@ ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t *newc
         if (ch) free_comm(ch);
         return r;
     }
+    if (!comm->blocking && !(ch && ch->blocking)) return ncclInProgress; /* *newcomm comes later */
     *newcomm = ch;
-    if (!comm->blocking && !(ch && ch->blocking)) return ncclInProgress;
     r = wait_ticket(comm, ticket);
     if (r == ncclSuccess && ch) {
         wait_setup(ch);

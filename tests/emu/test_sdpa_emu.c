@@ -850,6 +850,18 @@ int main(void) {
         unsetenv("WAN_CUDNN_EMU_VERSION");
     }
 
+    /* cuDNN 9.10.1: refused (cudnn-frontend's known-bug versions, and older ones), saying why */
+    {
+        setenv("WAN_CUDNN_EMU_VERSION", "91001", 1);
+        wan_sdpa *sd_old = NULL;
+        wan_error_clear();
+        int rc = wan_sdpa_create(h, NULL, dev_alloc, dev_free, NULL, &sd_old);
+        result(rc != 0 && !sd_old && strstr(wan_errmsg(), "cuDNN 9.10.1: the fused attention needs cuDNN 9.10.2"),
+               "cuDNN 9.10.1 refused: %s", wan_errmsg());
+        wan_sdpa_destroy(sd_old);
+        unsetenv("WAN_CUDNN_EMU_VERSION");
+    }
+
     /* our own checks run before cuDNN sees anything */
     {
         shape s = {"misaligned q", 1, 1, 16, 16, 64, 16, false, 0};

@@ -90,12 +90,21 @@ t_check "GEMM fallback kernel for every matmul check: $(tail -n1 "$T/fallback.lo
 # the FFN's GELU: in cuBLASLt's epilogues where an algorithm has them (the odd shape's leading
 # dimensions are no multiples of 8: a kernel after the GEMM, said once per shape), or with
 # WAN_GEMM_GELU_EPILOGUE=0 always as a kernel (the epilogue never asked for); other values refused
-t_check "GELU epilogue tried by default (the odd shape fell back to the kernel, saying so)" \
-    grep -q 'no algorithm with the GELU epilogue' "$T/ops.forward.log"
-WAN_GEMM_GELU_EPILOGUE=0 timeout 600 "$EMU/tests/tools/gpu_check" --quick --seed 7 --only matmul_gelu >"$T/nogelu.log" 2>&1
+t_check "the odd shape's GELU as a kernel after the GEMM, saying why (aux leading dimension, before any heuristic)" \
+    grep -q "is not a multiple of 8 the GELU epilogue's auxiliary matrix needs" "$T/ops.forward.log"
+# whether the epilogue is asked for: with every algorithm refused, the default asks for it (and
+# says it got none), WAN_GEMM_GELU_EPILOGUE=0 never does; the checks pass either way
+WAN_EMU_CUBLASLT_REFUSE=1000000000 timeout 600 "$EMU/tests/tools/gpu_check" --quick --seed 7 --only matmul_gelu \
+    >"$T/gelu_refused.log" 2>&1
+rc=$?
+t_check_all "GELU epilogue asked for by default: $(tail -n1 "$T/gelu_refused.log")" \
+    '[ $rc = 0 ] && grep -q "no algorithm with the GELU epilogue" "$T/gelu_refused.log" &&
+     grep -q "no algorithm with the DGELU epilogue" "$T/gelu_refused.log"'
+WAN_GEMM_GELU_EPILOGUE=0 WAN_EMU_CUBLASLT_REFUSE=1000000000 timeout 600 "$EMU/tests/tools/gpu_check" --quick --seed 7 \
+    --only matmul_gelu >"$T/nogelu.log" 2>&1
 rc=$?
 t_check_all "WAN_GEMM_GELU_EPILOGUE=0: the GELU as a kernel, the same checks pass: $(tail -n1 "$T/nogelu.log")" \
-    '[ $rc = 0 ] && ! grep -q "EPILOGUE" "$T/nogelu.log"'
+    '[ $rc = 0 ] && ! grep -q "EPILOGUE" "$T/nogelu.log" && ! grep -q "epilogue" "$T/nogelu.log"'
 WAN_GEMM_GELU_EPILOGUE=yes "$EMU/tests/tools/gpu_check" --quick --only matmul_gelu >"$T/badgelu.log" 2>&1
 rc=$?
 t_check_all "WAN_GEMM_GELU_EPILOGUE=yes refused (exit $rc)" \
