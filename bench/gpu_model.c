@@ -225,7 +225,7 @@ static void s_attention_fwd(wan_backend *be, void *out, int ldo, float *lse, con
     t_end(be, t, 4.0 * B * H * Sq * (double)kv_valid * hd, "attention_fwd H%d %dx%d d%d", H, Sq, Skv, hd);
 }
 static void s_attention_bwd(wan_backend *be, void *dq, int lddq, void *dk, int lddk, void *dv, int lddv,
-                            bool accumulate, const void *dout, int lddo, const void *out, int ldo, const float *lse,
+                            unsigned accumulate, const void *dout, int lddo, const void *out, int ldo, const float *lse,
                             const void *q, int ldq, const void *k, int ldk, const void *v, int ldv, int B, int H,
                             int Sq, int Skv, int hd, int kv_valid, float scale) {
     double t = t_begin(be);

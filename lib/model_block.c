@@ -253,7 +253,7 @@ static int self_attention_backward(wan_model *m, wan_block_acts *k) {
     size_t TD = (size_t)s->Tf * Dl;
     float scale = m->attn_scale;
     if (d->cp == 1) {
-        op->attention_bwd(be, a->dq, Dl, a->dkv, Dl, ACT_AT(m, a->dkv, TD), Dl, false, a->datt, Dl, k->att, Dl, k->lse,
+        op->attention_bwd(be, a->dq, Dl, a->dkv, Dl, ACT_AT(m, a->dkv, TD), Dl, 0, a->datt, Dl, k->att, Dl, k->lse,
                           k->qn, Dl, k->kv, Dl, ACT_AT(m, k->kv, TD), Dl, B, m->Hl, Sc, Sc, m->hd, valid_in_block(m, 0),
                           scale);
         return 0;
@@ -266,7 +266,7 @@ static int self_attention_backward(wan_model *m, wan_block_acts *k) {
      * arrives back at rank j. Step 0 works in the accumulator itself (nothing to receive). */
     int next = (d->cp_rank + 1) % d->cp, prev = (d->cp_rank + d->cp - 1) % d->cp;
     size_t bytes = 2 * TD * wan_dtype_size(be->act);
-    be->memset0(be, a->dq, TD * wan_dtype_size(be->act));
+    bool dq_written = false; /* dq: written by the first block with keys, added to after */
     void *acc = a->ring_dkv[1], *incoming = a->ring_dkv[0]; /* sent / being received */
     wan_comm_req acc_req = {0};
     const void *cur = k->kv;
@@ -277,11 +277,14 @@ static int self_attention_backward(wan_model *m, wan_block_acts *k) {
         wan_comm_req kv_req = {0};
         if (i + 1 < d->cp) WAN_TRY(wan_sendrecv_start(&d->cp_g, cur, next, nxt, prev, 2 * TD, be->act, &kv_req));
         void *part = i == 0 ? acc : a->dkv;
-        be->memset0(be, part, bytes); /* dq accumulates over the steps, dK/dV start from zero */
-        if (valid > 0)
-            op->attention_bwd(be, a->dq, Dl, part, Dl, ACT_AT(m, part, TD), Dl, true, a->datt, Dl, k->att, Dl,
-                              k->lse, k->qn, Dl, cur, Dl, ACT_AT(m, cur, TD), Dl, B, m->Hl, Sc, Sc, m->hd, valid,
-                              scale);
+        if (valid > 0) { /* this block's dK/dV written into part (no clearing, no extra pass) */
+            op->attention_bwd(be, a->dq, Dl, part, Dl, ACT_AT(m, part, TD), Dl, dq_written ? WAN_ACC_DQ : 0,
+                              a->datt, Dl, k->att, Dl, k->lse, k->qn, Dl, cur, Dl, ACT_AT(m, cur, TD), Dl, B, m->Hl,
+                              Sc, Sc, m->hd, valid, scale);
+            dq_written = true;
+        } else {
+            be->memset0(be, part, bytes); /* a block of padding only: nothing from this rank */
+        }
         if (i > 0) { /* the block's accumulator has arrived in `incoming`: add, pass it on */
             WAN_TRY(wan_comm_wait(&d->cp_g, &acc_req));
             op->add(be, incoming, part, be->act, 2 * TD);
@@ -294,6 +297,7 @@ static int self_attention_backward(wan_model *m, wan_block_acts *k) {
     }
     WAN_TRY(wan_comm_wait(&d->cp_g, &acc_req));
     be->copy(be, a->dkv, incoming, bytes);
+    if (!dq_written) be->memset0(be, a->dq, TD * wan_dtype_size(be->act));
     return 0;
 }
 
@@ -457,7 +461,7 @@ int wan_block_backward(wan_model *m, int l, wan_block_acts *k) {
     residual_backward(m, NULL, o->co_b, NULL, NULL);
     WAN_TRY(row_parallel_backward_input(m, a->dcatt, Dl, o->co_w, NULL));
     /* dk -> dckn, dv -> the v columns of dckv */
-    op->attention_bwd(be, a->dcqn, Dl, a->dckn, Dl, ACT_AT(m, a->dckv, Dl), 2 * Dl, false, a->dcatt, Dl, k->catt, Dl,
+    op->attention_bwd(be, a->dcqn, Dl, a->dckn, Dl, ACT_AT(m, a->dckv, Dl), 2 * Dl, 0, a->dcatt, Dl, k->catt, Dl,
                       k->clse, k->cqn, Dl, k->ckn, Dl, ACT_AT(m, k->ckv, Dl), 2 * Dl, B, m->Hl, s->S_cp, m->L, m->hd, m->L,
                       scale);
     WAN_TRY(qk_norm_backward(m, a->dcq, Dl, a->dcqn, Dl, k->cq, Dl, k->rr_cq, Tf, o->cnq, NULL, tkf, a->dckv, 2 * Dl,

@@ -45,6 +45,9 @@ typedef struct {
 
 typedef struct wan_backend wan_backend;
 
+/* attention_bwd: which gradients are added to (the others are written) */
+enum { WAN_ACC_DQ = 1, WAN_ACC_DK = 2, WAN_ACC_DV = 4, WAN_ACC_ALL = 7 };
+
 typedef struct wan_ops {
     /* ---- matrix products ---- */
     /* out[M,N] = in[M,K] @ w[N,K]^T (+ bias[N]) */
@@ -107,10 +110,11 @@ typedef struct wan_ops {
     void (*attention_fwd)(wan_backend *be, void *out, int ldo, float *lse, const void *q, int ldq,
                           const void *k, int ldk, const void *v, int ldv, int B, int H, int Sq,
                           int Skv, int hd, int kv_valid, float scale);
-    /* Given the FINAL out and lse (also when k/v is one block of a longer sequence), write or
-     * accumulate (accumulate = true) dq, dk, dv. */
+    /* Given the FINAL out and lse (also when k/v is one block of a longer sequence), write dq,
+     * dk, dv, or accumulate into those whose WAN_ACC_* bit is set in `accumulate` (the
+     * context-parallel ring adds dq over the blocks while each block's dk/dv is written). */
     void (*attention_bwd)(wan_backend *be, void *dq, int lddq, void *dk, int lddk, void *dv, int lddv,
-                          bool accumulate, const void *dout, int lddo, const void *out, int ldo,
+                          unsigned accumulate, const void *dout, int lddo, const void *out, int ldo,
                           const float *lse, const void *q, int ldq, const void *k, int ldk,
                           const void *v, int ldv, int B, int H, int Sq, int Skv, int hd, int kv_valid,
                           float scale);

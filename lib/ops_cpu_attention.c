@@ -91,7 +91,7 @@ void cpu_attention_fwd(wan_backend *be, void *out, int ldo, float *lse, const vo
 typedef struct {
     float *dq, *dk, *dv;
     int lddq, lddk, lddv;
-    bool accumulate;
+    unsigned accumulate; /* WAN_ACC_* */
     const float *dout, *out, *lse, *q, *k, *v;
     int lddo, ldo, ldq, ldk, ldv;
     int H, Sq, Skv, hd, kv_valid;
@@ -104,11 +104,11 @@ static void attention_bwd_head(const att_bwd_args *a, int b, int h, float *p, fl
     float *dv = a->dv + bshd(b, a->Skv, 0, a->lddv, h, hd);
     const float *kp = a->k + bshd(b, a->Skv, 0, a->ldk, h, hd);
     const float *vp = a->v + bshd(b, a->Skv, 0, a->ldv, h, hd);
-    if (!a->accumulate) /* all rows: masked keys get a zero gradient */
-        for (int s = 0; s < a->Skv; s++) {
-            memset(dk + (size_t)s * a->lddk, 0, (size_t)hd * sizeof(float));
-            memset(dv + (size_t)s * a->lddv, 0, (size_t)hd * sizeof(float));
-        }
+    /* written gradients: all rows cleared first, so masked keys get a zero gradient */
+    for (int s = 0; s < a->Skv; s++) {
+        if (!(a->accumulate & WAN_ACC_DK)) memset(dk + (size_t)s * a->lddk, 0, (size_t)hd * sizeof(float));
+        if (!(a->accumulate & WAN_ACC_DV)) memset(dv + (size_t)s * a->lddv, 0, (size_t)hd * sizeof(float));
+    }
     for (int q0 = 0; q0 < a->Sq; q0 += qblk) {
         int m = a->Sq - q0 < qblk ? a->Sq - q0 : qblk;
         float *dq = a->dq + bshd(b, a->Sq, q0, a->lddq, h, hd);
@@ -117,7 +117,7 @@ static void attention_bwd_head(const att_bwd_args *a, int b, int h, float *p, fl
         const float *op = a->out + bshd(b, a->Sq, q0, a->ldo, h, hd);
         const float *lse = a->lse + ((size_t)b * a->H + h) * a->Sq + q0;
         if (kvn == 0) {
-            if (!a->accumulate)
+            if (!(a->accumulate & WAN_ACC_DQ))
                 for (int i = 0; i < m; i++) memset(dq + (size_t)i * a->lddq, 0, (size_t)hd * sizeof(float));
             continue;
         }
@@ -148,14 +148,14 @@ static void attention_bwd_head(const att_bwd_args *a, int b, int h, float *p, fl
         cpu_gemm(threads, CPU_TILES_ATTENTION, true, false, kvn, hd, m, 1.0f, p, kvn, gp, a->lddo, 1.0f, dv,
                  a->lddv);
         cpu_gemm(threads, CPU_TILES_ATTENTION, false, false, m, hd, kvn, a->scale, dp, kvn, kp, a->ldk,
-                 a->accumulate ? 1.0f : 0.0f, dq, a->lddq);
+                 a->accumulate & WAN_ACC_DQ ? 1.0f : 0.0f, dq, a->lddq);
         cpu_gemm(threads, CPU_TILES_ATTENTION, true, false, kvn, hd, m, a->scale, dp, kvn, qp, a->ldq, 1.0f,
                  dk, a->lddk);
     }
 }
 
 void cpu_attention_bwd(wan_backend *be, void *dq, int lddq, void *dk, int lddk, void *dv, int lddv,
-                       bool accumulate, const void *dout, int lddo, const void *out, int ldo,
+                       unsigned accumulate, const void *dout, int lddo, const void *out, int ldo,
                        const float *lse, const void *q, int ldq, const void *k, int ldk, const void *v,
                        int ldv, int B, int H, int Sq, int Skv, int hd, int kv_valid, float scale) {
     WAN_ASSERT(kv_valid >= 0 && kv_valid <= Skv);

@@ -138,7 +138,7 @@ void wan_cuda_attention_fwd(wan_backend *be, void *out, int ldo, float *lse, con
                             int ldk, const void *v, int ldv, int B, int H, int Sq, int Skv, int hd, int kv_valid,
                             float scale);
 void wan_cuda_attention_bwd(wan_backend *be, void *dq, int lddq, void *dk, int lddk, void *dv, int lddv,
-                            bool accumulate, const void *dout, int lddo, const void *out, int ldo, const float *lse,
+                            unsigned accumulate, const void *dout, int lddo, const void *out, int ldo, const float *lse,
                             const void *q, int ldq, const void *k, int ldk, const void *v, int ldv, int B, int H,
                             int Sq, int Skv, int hd, int kv_valid, float scale);
 void wan_cuda_attention_merge(wan_backend *be, float *acc, float *lse_acc, const void *o, int ldo, const float *lse,

@@ -415,7 +415,9 @@ static void test_rms(const char *name, bool with_rope) {
 
 /* ---------------------------------------------------------------- attention */
 
-static void test_attention(const char *name, int B, int H, int Sq, int Skv, int kv_valid, bool accumulate) {
+/* accumulate: the WAN_ACC_* bits of attention_bwd (those outputs start from random values, the
+ * others poisoned) */
+static void test_attention(const char *name, int B, int H, int Sq, int Skv, int kv_valid, unsigned accumulate) {
     if (!selected(name)) return;
     int hd = 128, Dl = H * hd, ldq = 2 * Dl, ldkv = 2 * Dl;
     float scale = 1.0f / sqrtf((float)hd);
@@ -446,13 +448,12 @@ static void test_attention(const char *name, int B, int H, int Sq, int Skv, int 
     pair_push(&out);
     gpu->upload(gpu, lse.g, lh, lse.n * sizeof(float));
     free(oh), free(lh);
-    if (accumulate) {
-        pair_rand(&dq, (size_t)B * Sq * Dl, act, 1.0f);
-        pair_rand(&dkv, (size_t)B * Skv * 2 * Dl, act, 1.0f);
-    } else {
-        pair_poison(&dq, (size_t)B * Sq * Dl, act);
-        pair_poison(&dkv, (size_t)B * Skv * 2 * Dl, act);
-    }
+    /* dk and dv share one buffer: both added to, or both written */
+    WAN_ASSERT(!(accumulate & WAN_ACC_DK) == !(accumulate & WAN_ACC_DV));
+    if (accumulate & WAN_ACC_DQ) pair_rand(&dq, (size_t)B * Sq * Dl, act, 1.0f);
+    else pair_poison(&dq, (size_t)B * Sq * Dl, act);
+    if (accumulate & WAN_ACC_DK) pair_rand(&dkv, (size_t)B * Skv * 2 * Dl, act, 1.0f);
+    else pair_poison(&dkv, (size_t)B * Skv * 2 * Dl, act);
     cpu->ops->attention_bwd(cpu, dq.c, Dl, dkv.c, 2 * Dl, (float *)dkv.c + Dl, 2 * Dl, accumulate, dout.c, Dl, out.c,
                             Dl, lse.c, qb.c, ldq, kc, ldkv, vc, ldkv, B, H, Sq, Skv, hd, kv_valid, scale);
     gpu->ops->attention_bwd(gpu, dq.g, Dl, dkv.g, 2 * Dl, (char *)dkv.g + (size_t)Dl * esz, 2 * Dl, accumulate,
@@ -1044,9 +1045,11 @@ int main(int argc, char **argv) {
     test_layernorm("layernorm head (f32 out)", true, WAN_F32, WAN_F32);
     test_rms("rms_rope", true);
     test_rms("rms (no rope)", false);
-    test_attention("attention self", 2, 2, SIZE(80, 24), SIZE(80, 24), SIZE(80, 24), false);
-    test_attention("attention masked kv", 2, 2, SIZE(72, 24), SIZE(64, 24), SIZE(50, 17), false);
-    test_attention("attention cross accumulate", 2, 2, SIZE(80, 24), 32, 32, true);
+    test_attention("attention self", 2, 2, SIZE(80, 24), SIZE(80, 24), SIZE(80, 24), 0);
+    test_attention("attention masked kv", 2, 2, SIZE(72, 24), SIZE(64, 24), SIZE(50, 17), 0);
+    test_attention("attention cross accumulate", 2, 2, SIZE(80, 24), 32, 32, WAN_ACC_ALL);
+    /* the context-parallel ring's block: dq added to, dk/dv written, some keys masked */
+    test_attention("attention cp block", 2, 2, SIZE(72, 24), SIZE(64, 24), SIZE(50, 17), WAN_ACC_DQ);
     test_attention_merge();
     test_activations();
     test_residual("residual gated", true, true);

@@ -250,7 +250,7 @@ static void e_attention_fwd(wan_backend *be, void *out, int ldo, float *lse, con
 }
 
 static void e_attention_bwd(wan_backend *be, void *dq, int lddq, void *dk, int lddk, void *dv, int lddv,
-                            bool accumulate, const void *dout, int lddo, const void *out, int ldo, const float *lse,
+                            unsigned accumulate, const void *dout, int lddo, const void *out, int ldo, const float *lse,
                             const void *q, int ldq, const void *k, int ldk, const void *v, int ldv, int B, int H,
                             int Sq, int Skv, int hd, int kv_valid, float scale) {
     size_t rq = (size_t)B * Sq, rk = (size_t)B * Skv, w = (size_t)H * hd;

@@ -124,14 +124,17 @@ static void attention_case(att_case c) {
     float *gbuf = frand((size_t)Tq * lddo, -9, 9);
     put_cols(gbuf, lddo, 0, dout, Tq, D);
 
-    for (int acc = 0; acc < 2; acc++) {
+    /* all written; all added to; dq added to with dk, dv written (the context-parallel ring) */
+    const unsigned modes[3] = {0, WAN_ACC_ALL, WAN_ACC_DQ};
+    for (int mi = 0; mi < 3; mi++) {
+        unsigned acc = modes[mi];
         /* gradients in the same layouts as the inputs, over random values */
         float *dqbuf = frand((size_t)Tq * ldq, -1, 1);
         float *dkbuf = c.fused_qkv ? dqbuf : frand((size_t)Tk * ldk, -1, 1);
         float *before = malloc((size_t)(Tq * ldq + Tk * ldk) * sizeof(float));
         memcpy(before, dqbuf, (size_t)Tq * ldq * sizeof(float));
         memcpy(before + (size_t)Tq * ldq, dkbuf, (size_t)Tk * ldk * sizeof(float));
-        be->ops->attention_bwd(be, dqbuf + qc, ldq, dkbuf + kc, ldk, dkbuf + vc, ldv, acc == 1, gbuf, lddo,
+        be->ops->attention_bwd(be, dqbuf + qc, ldq, dkbuf + kc, ldk, dkbuf + vc, ldv, acc, gbuf, lddo,
                                obuf, ldo, lse, qbuf + qc, ldq, kbuf + kc, ldk, kbuf + vc, ldv, c.B, c.H, c.Sq,
                                c.Skv, c.hd, c.kv_valid, scale);
         float *dq = malloc(nq * sizeof(float)), *dk = malloc(nk * sizeof(float)),
@@ -145,11 +148,12 @@ static void attention_case(att_case c) {
         get_cols(k0, before + (c.fused_qkv ? 0 : (size_t)Tq * ldq), ldk, kc, Tk, D);
         get_cols(v0, before + (c.fused_qkv ? 0 : (size_t)Tq * ldq), ldv, vc, Tk, D);
         double *wq = dzeros(nq), *wk = dzeros(nk), *wv = dzeros(nk);
-        for (size_t i = 0; i < nq; i++) wq[i] = gq[i] + (acc ? q0[i] : 0);
-        for (size_t i = 0; i < nk; i++) wk[i] = gk[i] + (acc ? k0[i] : 0), wv[i] = gv[i] + (acc ? v0[i] : 0);
-        CHECK_CLOSE(acc ? "attention_bwd dq (+=)" : "attention_bwd dq", dq, wq, nq, 1e-4);
-        CHECK_CLOSE(acc ? "attention_bwd dk (+=)" : "attention_bwd dk", dk, wk, nk, 1e-4);
-        CHECK_CLOSE(acc ? "attention_bwd dv (+=)" : "attention_bwd dv", dv, wv, nk, 1e-4);
+        bool aq = acc & WAN_ACC_DQ, ak = acc & WAN_ACC_DK, av = acc & WAN_ACC_DV;
+        for (size_t i = 0; i < nq; i++) wq[i] = gq[i] + (aq ? q0[i] : 0);
+        for (size_t i = 0; i < nk; i++) wk[i] = gk[i] + (ak ? k0[i] : 0), wv[i] = gv[i] + (av ? v0[i] : 0);
+        CHECK_CLOSE(aq ? "attention_bwd dq (+=)" : "attention_bwd dq", dq, wq, nq, 1e-4);
+        CHECK_CLOSE(ak ? "attention_bwd dk (+=)" : "attention_bwd dk", dk, wk, nk, 1e-4);
+        CHECK_CLOSE(av ? "attention_bwd dv (+=)" : "attention_bwd dv", dv, wv, nk, 1e-4);
         /* the spare columns of the gradient buffers are untouched */
         bool kept = true;
         for (int i = 0; i < Tq; i++)
@@ -231,19 +235,17 @@ static void test_attention_blocks(void) {
         free(acc), free(lacc);
     }
 
-    /* backward: the full one, and per block with the final (out, lse), dq accumulated */
+    /* backward: the full one, and per block with the final (out, lse): dq accumulated over the
+     * blocks, each block's dk/dv written over what its buffers held (the context-parallel ring) */
     float *dq = malloc(nq * sizeof(float)), *dk = malloc(nk * sizeof(float)),
           *dv = malloc(nk * sizeof(float));
-    be->ops->attention_bwd(be, dq, D, dk, D, dv, D, false, dout, D, out, D, lse, q, D, k, D, v, D, B, H, Sq,
+    be->ops->attention_bwd(be, dq, D, dk, D, dv, D, 0, dout, D, out, D, lse, q, D, k, D, v, D, B, H, Sq,
                            Skv, hd, kv_valid, scale);
     float *dq2 = frand(nq, -9, 9), *dkb[3], *dvb[3];
     for (int i = 0; i < 3; i++) {
         dkb[i] = frand((size_t)B * bn[i] * ld, -9, 9), dvb[i] = frand((size_t)B * bn[i] * ld, -9, 9);
-        if (i > 0) /* accumulated below: start from zero */
-            memset(dkb[i], 0, (size_t)B * bn[i] * ld * sizeof(float)),
-                memset(dvb[i], 0, (size_t)B * bn[i] * ld * sizeof(float));
-        be->ops->attention_bwd(be, dq2, D, dkb[i], ld, dvb[i], ld, i > 0, dout, D, out, D, lse, q, D, kb[i],
-                               ld, vb[i], ld, B, H, Sq, bn[i], hd, bvalid[i], scale);
+        be->ops->attention_bwd(be, dq2, D, dkb[i], ld, dvb[i], ld, i > 0 ? WAN_ACC_DQ : 0, dout, D, out, D, lse, q,
+                               D, kb[i], ld, vb[i], ld, B, H, Sq, bn[i], hd, bvalid[i], scale);
     }
     double *wq = dcopy(dq, nq);
     CHECK_CLOSE("blockwise attention_bwd dq", dq2, wq, nq, 1e-5);
@@ -259,8 +261,9 @@ static void test_attention_blocks(void) {
     double *wk = dcopy(dk, nk), *wv = dcopy(dv, nk);
     CHECK_CLOSE("blockwise attention_bwd dk", gk, wk, nk, 1e-5);
     CHECK_CLOSE("blockwise attention_bwd dv", gv, wv, nk, 1e-5);
-    bool zero = true; /* masked keys have zero gradient */
-    for (size_t i = 0; i < (size_t)B * bn[2] * ld; i++) zero &= dkb[2][i] == 0 && dvb[2][i] == 0;
+    bool zero = true; /* masked keys have zero gradient (written over the random start) */
+    for (size_t r = 0; r < (size_t)B * bn[2]; r++)
+        for (int d = 0; d < D; d++) zero &= dkb[2][r * ld + d] == 0 && dvb[2][r * ld + d] == 0;
     for (int b = 0; b < B; b++)
         for (int s = kv_valid; s < Skv; s++)
             for (int d = 0; d < D; d++) zero &= dk[((size_t)b * Skv + s) * D + d] == 0;
