@@ -74,7 +74,8 @@ ifeq ($(CUDA),1)
   # what test-gpu and bench-gpu put on LD_LIBRARY_PATH (cuDNN loads its parts at run time)
   GPU_LIB_PATH := $(subst $(space),:,$(strip $(GPU_LIB_DIRS)))
   CPPFLAGS += -DWAN_CUDA=1 $(call uniq,$(GPU_LIB_CFLAGS) -I$(CUDA_HOME)/include)
-  GPU_RUN_ENV := LD_LIBRARY_PATH=$(GPU_LIB_PATH)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
+  GPU_RUN_ENV := WAN_OUTER_LD_LIBRARY_PATH="$${LD_LIBRARY_PATH-}" \
+                 LD_LIBRARY_PATH=$(GPU_LIB_PATH)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
 ifeq ($(EMU),1)
   # The emulator: kernels compiled as host C++ (tests/emu/cuda_emu.h), the CUDA runtime, cuBLASLt,
   # cuDNN and NCCL replaced by CPU stand-ins; AddressSanitizer checks every access kernels make.

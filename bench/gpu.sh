@@ -68,6 +68,9 @@ else
             layers=(--layers "$L")
         fi
         echo "== whole model, PyTorch: bench/torch_block_gpu.py --case $case ${layers[*]}"
+        # PyTorch loads the CUDA libraries of its own wheels: not the ones `make bench-gpu` put
+        # first on LD_LIBRARY_PATH for our programs (a different cuDNN or cuBLAS would be taken)
+        LD_LIBRARY_PATH=${WAN_OUTER_LD_LIBRARY_PATH-${LD_LIBRARY_PATH-}} \
         python3 bench/torch_block_gpu.py --case "$case" "${layers[@]}" --steps "$msteps" --warmup "$mwarm" \
             --recompute "$recompute" --json "$OUT/torch_$case.json" 2>"$OUT/torch_$case.err" | tee "$OUT/torch_$case.txt" ||
             { status=1; tail -n 5 "$OUT/torch_$case.err" >&2; }

@@ -91,4 +91,21 @@ OUT=$T_TMP/lease2 "$ROOT/tests/gpu/lease.sh" test soon >/dev/null 2>&1
 rc2=$?
 t_check_all "lease.sh refuses an unknown part and a non-numeric time (exit 2): $rc1 $rc2" '[ $rc1 = 2 ] && [ $rc2 = 2 ]'
 
+# ---- make bench-gpu puts the build's CUDA library folders first on LD_LIBRARY_PATH for our
+# programs, and gives the PyTorch baseline the caller's own (PyTorch loads its wheels' cuDNN and
+# cuBLAS, not ours). A stand-in python3 records what it got; without a GPU the rest fails fast.
+if [ -n "$cuda_build" ] && [ -z "$have_gpu" ]; then
+    mkdir -p "$T_TMP/fakepy"
+    printf '#!/bin/sh\necho "LD_LIBRARY_PATH=${LD_LIBRARY_PATH-unset} $*" >>"%s"\nexit 0\n' "$T_TMP/py.log" \
+        >"$T_TMP/fakepy/python3"
+    chmod +x "$T_TMP/fakepy/python3"
+    PATH=$T_TMP/fakepy:$PATH LD_LIBRARY_PATH=/outer/lib BENCH_CASES=1.3b timeout 300 make -s -C "$ROOT" bench-gpu \
+        >"$T_TMP/bench.log" 2>&1
+    t_check_all "make bench-gpu: the PyTorch baseline gets the caller's LD_LIBRARY_PATH ($(grep -m1 torch_block "$T_TMP/py.log" | cut -c1-60))" \
+        'grep -q "^LD_LIBRARY_PATH=/outer/lib bench/torch_block_gpu.py" "$T_TMP/py.log"'
+    dir=$("$ROOT/mk/find-cuda-lib.sh" cudnn --libdir)
+    t_check "make bench-gpu and test-gpu: the cuDNN the build found ($dir) first on our programs' LD_LIBRARY_PATH" \
+        test "$(make -n -s -C "$ROOT" bench-gpu test-gpu | grep -c "LD_LIBRARY_PATH=$dir[:$]")" = 2
+fi
+
 t_summary
