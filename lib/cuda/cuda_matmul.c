@@ -137,6 +137,16 @@ static cublasStatus_t pick_algo(wan_cuda *c, mm_plan *p) {
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* Back to a plain product after an epilogue the heuristic had no algorithm for: no bias or
+ * auxiliary pointer left behind on the descriptor. */
+static void epilogue_off(mm_plan *p) {
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
+    const void *none = NULL;
+    set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+    set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &none, sizeof none);
+    set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &none, sizeof none);
+}
+
 /* The GELU epilogues (cuBLASLt's GELU is the tanh approximation, Wan's): forward GELU_AUX(_BIAS)
  * writes gelu(x) to D and x to the auxiliary matrix; backward DGELU multiplies the product by
  * gelu'(aux). True when the heuristic has an algorithm for it. */
@@ -146,9 +156,10 @@ static bool try_gelu_epilogue(wan_cuda *c, mm_plan *p, const void *bias, const v
                              : bias             ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
                                                 : CUBLASLT_EPILOGUE_GELU_AUX;
     int64_t ld = k->ldd;
-    /* cublasLt.h: the auxiliary leading dimension a multiple of 8 and at least D's rows. Checked
-     * here, not left to the heuristic, which need not refuse it (cublasLtMatmul would) */
-    if (ld % 8 || ld < k->m) {
+    /* cublasLt.h: the auxiliary leading dimension a multiple of 8 (and at least D's rows, which
+     * lt_gemm_gelu's ldd == m ensures). Checked here, not left to the heuristic, which need not
+     * refuse it (cublasLtMatmul would) */
+    if (ld % 8) {
         wan_warn("GEMM m=%lld n=%lld k=%lld: leading dimension %lld is not a multiple of 8 the GELU epilogue's "
                  "auxiliary matrix needs; a separate kernel applies the GELU",
                  (long long)k->m, (long long)k->n, (long long)k->k, (long long)ld);
@@ -168,12 +179,7 @@ static bool try_gelu_epilogue(wan_cuda *c, mm_plan *p, const void *bias, const v
         p->bias_in_epilogue = bias != NULL;
         return true;
     }
-    /* back to a plain product: no pointers left behind on the descriptor */
-    const void *none = NULL;
-    epi = CUBLASLT_EPILOGUE_DEFAULT;
-    set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
-    set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &none, sizeof none);
-    if (bias && k->gelu == GELU_FWD) set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &none, sizeof none);
+    epilogue_off(p);
     wan_warn("cuBLASLt has no algorithm with the %s epilogue for the GEMM m=%lld n=%lld k=%lld (alignments D %d, aux "
              "%d bytes); a separate kernel applies the GELU",
              k->gelu == GELU_BWD ? "DGELU" : "GELU", (long long)k->m, (long long)k->n, (long long)k->k, k->align_d,
@@ -208,10 +214,7 @@ static void plan_build(wan_cuda *c, mm_plan *p, const mm_key *k, const void *bia
             p->bias_in_epilogue = true;
             return;
         }
-        const void *none = NULL;
-        epi = CUBLASLT_EPILOGUE_DEFAULT;
-        set_attr(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
-        set_attr(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &none, sizeof none);
+        epilogue_off(p);
     }
     cublasStatus_t s = pick_algo(c, p);
     if (s == CUBLAS_STATUS_SUCCESS) return;

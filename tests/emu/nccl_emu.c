@@ -716,9 +716,11 @@ static void child_failed(struct ncclComm *ch, ncclResult_t r, const char *why) {
     atomic_store(&ch->status, r);
 }
 
-/* As NCCL: a split's new communicator reaches the caller's variable when the split has run on
- * the parent's worker, not when ncclCommSplit returns (non-blocking: NULL until then). */
-static void publish_child(const op *o) {
+/* The split has run (or failed) on the parent's worker: the child's setup is over, and, as in
+ * NCCL, only now does the new communicator reach the caller's variable (a non-blocking
+ * ncclCommSplit returns with it NULL). */
+static void child_ready(const op *o) {
+    atomic_store(&o->child->setup_pending, 0);
     if (o->newcomm) __atomic_store_n(o->newcomm, o->child, __ATOMIC_RELEASE);
 }
 
@@ -749,8 +751,7 @@ static ncclResult_t run_split(struct ncclComm *c, const op *o) {
     if (r) {
         free(members);
         child_failed(ch, r, "the exchange over the parent failed");
-        atomic_store(&ch->setup_pending, 0);
-        publish_child(o);
+        child_ready(o);
         return r;
     }
     qsort(members, (size_t)m, sizeof *members, cmp_member);
@@ -769,23 +770,20 @@ static ncclResult_t run_split(struct ncclComm *c, const op *o) {
     }
     snprintf(ch->name, sizeof ch->name, "%s", name);
     if (atomic_load(&ch->aborting)) {
-        atomic_store(&ch->setup_pending, 0);
-        publish_child(o);
+        child_ready(o);
         return ncclSuccess;
     }
     op *init = calloc(1, sizeof *init);
     if (!init) {
         child_failed(ch, ncclSystemError, "out of memory");
-        atomic_store(&ch->setup_pending, 0);
-        publish_child(o);
+        child_ready(o);
         return ncclSuccess;
     }
     init->kind = K_INIT;
     uint64_t ticket;
     ncclResult_t e = submit(ch, init, 1, &ticket); /* the child's worker joins its segment */
     if (e != ncclSuccess && e != ncclInProgress) child_failed(ch, e, "could not start joining");
-    atomic_store(&ch->setup_pending, 0);
-    publish_child(o);
+    child_ready(o);
     return ncclSuccess;
 }
 
@@ -984,7 +982,7 @@ static void *worker_main(void *arg) {
             for (int i = 0; i < t->nops; i++)
                 if (t->ops[i].kind == K_SPLIT && t->ops[i].child && atomic_load(&t->ops[i].child->setup_pending)) {
                     child_failed(t->ops[i].child, r, "the parent failed");
-                    atomic_store(&t->ops[i].child->setup_pending, 0);
+                    child_ready(&t->ops[i]); /* the caller gets the failed child to abort */
                 }
         }
         free_ops(t->ops, t->nops);
@@ -1416,7 +1414,7 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
         for (int i = 0; i < t->nops; i++)
             if (t->ops[i].kind == K_SPLIT && t->ops[i].child) {
                 child_failed(t->ops[i].child, ncclInvalidUsage, "the parent was aborted");
-                atomic_store(&t->ops[i].child->setup_pending, 0);
+                child_ready(&t->ops[i]);
             }
         wan_emu_stream_complete(t->stream, t->sticket); /* the aborted kernel lets the stream go on */
         free_ops(t->ops, t->nops);
